@@ -1,0 +1,146 @@
+"""Frozen backbones behind one feature API: `FrozenBackbone.embed(images) -> [B, D]`.
+
+Registry (`BACKBONES`):
+- `demo-vit`: a small randomly initialised timm ViT (32x32 input, 4x4 patches, 192-d),
+  the same weights on every machine (seeded), for the embedded demo.
+- `ijepa`: an official I-JEPA checkpoint file loaded into the matching timm ViT
+  (see `jepa.ijepa`).
+
+Both compute features the way I-JEPA evaluates them: the final LayerNorm applied to the
+patch tokens, then the mean over tokens (there is no CLS token).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from jepa.errors import UserInputError
+
+DEMO = "demo-vit"
+IJEPA = "ijepa"
+DEMO_IMAGE_SIZE = 32
+DEMO_SEED = 0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbone: `name` from `BACKBONES`; for `ijepa` the checkpoint and encoder."""
+
+    name: str = DEMO
+    checkpoint: str | None = None
+    encoder: str = "target"
+    """`target` (the paper evaluates the target encoder) or `context`."""
+    arch: str | None = None
+    """timm architecture name; None = recognised from the checkpoint's tensor shapes."""
+
+    @property
+    def is_demo(self) -> bool:
+        return self.name == DEMO
+
+
+class FrozenBackbone(nn.Module):
+    """A ViT in eval mode with gradients off.
+
+    `embed(images)`: normalised images [B, 3, S, S] -> embeddings [B, D], the mean of
+    the final-LayerNorm patch tokens, where S = `image_size`, D = `embed_dim`.
+    """
+
+    def __init__(self, vit: VisionTransformer, image_size: int, description: str) -> None:
+        super().__init__()
+        if (
+            vit.global_pool != "avg"
+            or vit.has_class_token
+            or not isinstance(vit.fc_norm, nn.Identity)
+        ):
+            raise ValueError("backbone must pool by mean over normed tokens, without CLS token")
+        self.vit = vit.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.embed_dim: int = vit.embed_dim
+        self.description = description
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(images)  # [B, N, D], final norm applied
+        return self.vit.forward_head(tokens, pre_logits=True)  # mean over tokens: [B, D]
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        # Frozen: stays in eval mode whatever the caller asks.
+        return super().train(False)
+
+
+def demo_vit() -> VisionTransformer:
+    """The demo's architecture: ViT with 4 blocks, 192-d, 32x32 input, mean pooling."""
+    return VisionTransformer(
+        img_size=DEMO_IMAGE_SIZE,
+        patch_size=4,
+        embed_dim=192,
+        depth=4,
+        num_heads=3,
+        class_token=False,
+        global_pool="avg",
+        fc_norm=False,
+        num_classes=0,
+    )
+
+
+def _build_demo(spec: BackboneSpec) -> FrozenBackbone:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_SEED)
+        vit = demo_vit()
+    return FrozenBackbone(vit, DEMO_IMAGE_SIZE, "demo-vit (random init, seed 0)")
+
+
+def _build_ijepa(spec: BackboneSpec) -> FrozenBackbone:
+    from jepa.ijepa import load_ijepa_backbone
+
+    return load_ijepa_backbone(spec)
+
+
+BACKBONES: dict[str, Callable[[BackboneSpec], FrozenBackbone]] = {
+    DEMO: _build_demo,
+    IJEPA: _build_ijepa,
+}
+
+
+def build_backbone(spec: BackboneSpec) -> FrozenBackbone:
+    """The frozen backbone `spec` names; unknown names list the known ones."""
+    try:
+        builder = BACKBONES[spec.name]
+    except KeyError:
+        raise UserInputError(
+            f"unknown backbone {spec.name!r}; known: {', '.join(BACKBONES)}"
+        ) from None
+    return builder(spec)
+
+
+def state_dict_hash(module: nn.Module) -> str:
+    """SHA-256 over a module's tensors in key order."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_hash(spec: BackboneSpec) -> str:
+    """The backbone weights' identity for cache keys and run params: the checkpoint
+    file's SHA-256, or the demo weights' hash."""
+    if spec.is_demo:
+        return state_dict_hash(_build_demo(spec).vit)
+    if spec.checkpoint is None:
+        raise UserInputError(f"backbone {spec.name!r} needs --checkpoint PATH")
+    return file_sha256(spec.checkpoint)

@@ -1,0 +1,198 @@
+"""Embeddings of the frozen backbone, computed once per key and kept on disk.
+
+The backbone never changes during a sweep, so a trial needs only its outputs: V
+augmented views of every training image plus one clean view of every image of both
+splits. `compute_bank` makes them; `FeatureStore` keeps them on disk under a key of
+everything they depend on, with a checksum so that a damaged or partial file is
+recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from jepa.augment import clean_transform, view_transform
+from jepa.backbones import FrozenBackbone
+from jepa.data import ImageDataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = 8
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything an embedding bank depends on."""
+
+    weights_hash: str
+    encoder: str
+    manifest_hash: str
+    aug_strength: float
+    n_views: int
+    image_size: int
+    seed: int
+
+    def digest(self) -> str:
+        payload = json.dumps({"v": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@dataclass
+class FeatureBank:
+    """Backbone embeddings for one key. N = train images, M = eval images, V = views.
+
+    views: [N, V, D] float32, V augmented views of each training image.
+    train_clean: [N, D]; train_labels: [N] int64.
+    eval_clean: [M, D]; eval_labels: [M] int64.
+    """
+
+    views: torch.Tensor
+    train_clean: torch.Tensor
+    train_labels: torch.Tensor
+    eval_clean: torch.Tensor
+    eval_labels: torch.Tensor
+
+    @property
+    def images_embedded(self) -> int:
+        """Backbone forward passes (images) it took to make this bank."""
+        n, v, _ = self.views.shape
+        return n * v + len(self.train_clean) + len(self.eval_clean)
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in _BANK_FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> FeatureBank:
+        return cls(**{k: state[k] for k in _BANK_FIELDS})
+
+
+_BANK_FIELDS = ("views", "train_clean", "train_labels", "eval_clean", "eval_labels")
+
+
+@torch.no_grad()
+def embed_images(
+    backbone: FrozenBackbone,
+    images: torch.Tensor,
+    transform,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Run the backbone on transformed images: uint8 [N, 3, h, w] -> float32 [N, D].
+
+    `transform` maps one uint8 [3, h, w] image to a normalised [3, S, S] tensor. On a
+    GPU the forward runs in bf16 autocast; the output is float32 either way.
+    """
+    device = torch.device(device)
+    backbone.to(device)
+    out = []
+    last_print = time.monotonic()
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(backbone.embed(batch.to(device, non_blocking=True)).float().cpu())
+        if progress and time.monotonic() - last_print > 10:
+            last_print = time.monotonic()
+            print(f"{progress}: {start + len(batch)}/{len(images)} images", flush=True)
+    return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
+
+
+def compute_bank(
+    backbone: FrozenBackbone,
+    dataset: ImageDataset,
+    aug_strength: float,
+    n_views: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> FeatureBank:
+    """Embed V views of each training image and one clean view of every image."""
+    size = backbone.image_size
+    clean = clean_transform(size)
+    views = []
+    with torch.random.fork_rng(devices=[]):
+        # The views depend on the seed only, not on what ran before in this process.
+        torch.manual_seed(seed)
+        augment = view_transform(aug_strength, size)
+        for v in range(n_views):
+            label = f"views (aug_strength={aug_strength}) {v + 1}/{n_views}"
+            views.append(
+                embed_images(backbone, dataset.train_images, augment, device=device, progress=label)
+            )
+    return FeatureBank(
+        views=torch.stack(views, dim=1),
+        train_clean=embed_images(
+            backbone, dataset.train_images, clean, device=device, progress="clean train"
+        ),
+        train_labels=dataset.train_labels.clone(),
+        eval_clean=embed_images(
+            backbone, dataset.eval_images, clean, device=device, progress="clean eval"
+        ),
+        eval_labels=dataset.eval_labels.clone(),
+    )
+
+
+class FeatureStore:
+    """Banks on disk: `<root>/<digest>.pt` plus `<digest>.json` with its SHA-256."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def paths(self, key: FeatureKey) -> tuple[Path, Path]:
+        digest = key.digest()
+        return self.root / f"{digest}.pt", self.root / f"{digest}.json"
+
+    def load(self, key: FeatureKey) -> FeatureBank | None:
+        """The stored bank, or None when absent, partial or damaged (then it is removed)."""
+        data_path, meta_path = self.paths(key)
+        if not data_path.exists() or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("sha256") != _file_sha256(data_path) or meta.get("key") != asdict(key):
+                raise ValueError("checksum or key mismatch")
+            state = torch.load(data_path, map_location="cpu", weights_only=True)
+            return FeatureBank.from_state(state)
+        except Exception as exc:  # a damaged cache must never be used: drop and recompute
+            log.warning("embedding cache %s is damaged (%s); recomputing", data_path, exc)
+            print(f"embedding cache {data_path.name} is damaged ({exc}); recomputing", flush=True)
+            data_path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            return None
+
+    def save(self, key: FeatureKey, bank: FeatureBank) -> Path:
+        """Write atomically: a reader sees the old state or the whole new file."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        data_path, meta_path = self.paths(key)
+        _atomic_write(data_path, lambda f: torch.save(bank.to_state(), f))
+        meta = {"key": asdict(key), "sha256": _file_sha256(data_path)}
+        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        return data_path
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

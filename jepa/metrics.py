@@ -1,0 +1,30 @@
+"""Metric and tag names, defined once and used by training, Tune, MLflow and tests."""
+
+TRAIN_LOSS = "train_loss"
+PROBE_ACCURACY = "probe_accuracy"
+KNN_ACCURACY = "knn_accuracy"
+EMBEDDING_STD = "embedding_std"
+EFFECTIVE_RANK = "effective_rank"
+PROBE_LIFT = "probe_lift"
+EPOCH = "epoch"
+
+# The metric Optuna maximises.
+SEARCH_METRIC = PROBE_ACCURACY
+SEARCH_MODE = "max"
+
+# MLflow tags.
+TAG_ROLE = "jepa.role"
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+ROLE_BASELINE = "baseline"
+TAG_BACKBONE = "jepa.backbone"
+TAG_DATASET = "jepa.dataset"
+TAG_STATUS = "jepa.status"
+TAG_TRIAL_ID = "jepa.trial_id"
+TAG_NODE = "jepa.node"
+TAG_SWEEP_NAME = "jepa.sweep"
+
+# Artifact names.
+TSNE_ARTIFACT = "tsne_embeddings.png"
+PREDICTOR_ARTIFACT = "predictor.pt"
+CONFIG_ARTIFACT = "config.yaml"

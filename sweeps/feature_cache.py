@@ -1,0 +1,114 @@
+"""The embedding cache as a Ray actor: one per sweep, computes each key once.
+
+Trials ask the actor for the bank of their `aug_strength`; the actor's methods run one
+at a time, so when several trials ask for the same key at once the first computes it
+and the others get the same object. Banks travel through the Ray object store (a trial
+on another node gets them from there) and persist on disk in `FeatureStore`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+import torch
+
+from jepa.backbones import BackboneSpec, build_backbone
+from jepa.data import ImageDataset
+from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank
+
+
+@ray.remote(num_cpus=0)
+class FeatureCacheActor:
+    """Holds {aug_strength: ObjectRef[FeatureBank]} and the backbone work it did."""
+
+    def __init__(
+        self,
+        cache_dir: str,
+        backbone: BackboneSpec,
+        dataset: ImageDataset,
+        backbone_hash: str,
+        n_views: int,
+        seed: int,
+        use_gpu: bool = False,
+    ) -> None:
+        # The actor reserves no CPU so that it never blocks trials, but it is the only
+        # thing running while trials wait for it: let torch use every core.
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.store = FeatureStore(cache_dir)
+        self.backbone_spec, self.dataset = backbone, dataset
+        self.n_views, self.seed = n_views, seed
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.weights_hash = backbone_hash
+        self._backbone = None
+        self._banks: dict[float, ray.ObjectRef] = {}
+        self._dataset_ref: ray.ObjectRef | None = None
+        self.images_embedded = 0
+        self.disk_hits = 0
+
+    def _key(self, aug_strength: float) -> FeatureKey:
+        return FeatureKey(
+            weights_hash=self.weights_hash,
+            encoder=self.backbone_spec.encoder,
+            manifest_hash=self.dataset.manifest_hash,
+            aug_strength=float(aug_strength),
+            n_views=self.n_views,
+            image_size=self.backbone().image_size,
+            seed=self.seed,
+        )
+
+    def backbone(self):
+        if self._backbone is None:
+            self._backbone = build_backbone(self.backbone_spec)
+        return self._backbone
+
+    def bank(self, aug_strength: float) -> list[ray.ObjectRef]:
+        """[ref] to the bank for `aug_strength` (wrapped in a list so Ray passes the
+        reference instead of resolving it)."""
+        aug_strength = float(aug_strength)
+        if aug_strength not in self._banks:
+            self._banks[aug_strength] = ray.put(self._load_or_compute(aug_strength))
+        return [self._banks[aug_strength]]
+
+    def _load_or_compute(self, aug_strength: float) -> FeatureBank:
+        key = self._key(aug_strength)
+        bank = self.store.load(key)
+        if bank is not None:
+            self.disk_hits += 1
+            print(
+                f"embedding cache: aug_strength={aug_strength} from {self.store.root}", flush=True
+            )
+            return bank
+        start = time.monotonic()
+        print(
+            f"embedding cache: computing aug_strength={aug_strength} "
+            f"({self.n_views} views x {len(self.dataset.train_images)} train images + "
+            f"{len(self.dataset.train_images) + len(self.dataset.eval_images)} clean) "
+            f"on {self.device}",
+            flush=True,
+        )
+        bank = compute_bank(
+            self.backbone(), self.dataset, aug_strength, self.n_views, self.seed, device=self.device
+        )
+        self.images_embedded += bank.images_embedded
+        path = self.store.save(key, bank)
+        print(
+            f"embedding cache: aug_strength={aug_strength} done in "
+            f"{time.monotonic() - start:.1f}s -> {path}",
+            flush=True,
+        )
+        return bank
+
+    def dataset_ref(self) -> list[ray.ObjectRef]:
+        """[ref] to the images, for trials that run the backbone themselves (cache off)."""
+        if self._dataset_ref is None:
+            self._dataset_ref = ray.put(self.dataset)
+        return [self._dataset_ref]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "images_embedded": self.images_embedded,
+            "banks": len(self._banks),
+            "disk_hits": self.disk_hits,
+        }

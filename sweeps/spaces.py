@@ -1,0 +1,175 @@
+"""Named search spaces: `search_spaces/<name>.yaml`, validated, turned into Tune domains.
+
+A space file:
+
+    description: one line shown by --list-spaces
+    params:            # swept: each key a TrialConfig field, one distribution each
+      predictor_width:
+        choice: [64, 128, 256]
+      lr:
+        loguniform: [1.0e-4, 1.0e-2]
+    fixed:             # optional: overrides every trial shares
+      max_epochs: 5
+
+Distributions: `choice: [v, ...]`, `uniform: [low, high]`, `loguniform: [low, high]`
+(0 < low), `int: [low, high]` (inclusive). Unknown keys, empty or reversed ranges and
+unknown distributions are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from jepa.config import TrialConfig
+from jepa.errors import UserInputError
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+TOP_LEVEL_KEYS = ("description", "params", "fixed")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    path: Path
+    description: str
+    params: dict[str, tuple[str, list[Any]]]
+    """Swept parameters: name -> (distribution, arguments)."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def tune_space(self) -> dict[str, Any]:
+        """The Tune domains OptunaSearch samples from."""
+        return {name: _domain(dist, args) for name, (dist, args) in self.params.items()}
+
+    def levels(self, key: str) -> list[Any] | None:
+        """The values a `choice` parameter takes, or None when `key` is not a choice."""
+        dist, args = self.params.get(key, (None, None))
+        return list(args) if dist == "choice" else None
+
+
+def list_spaces(directory: Path = SPACES_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_space(name: str, directory: Path = SPACES_DIR) -> SearchSpace:
+    """Load and validate `search_spaces/<name>.yaml`."""
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise UserInputError(
+            f"unknown space {name!r}: no {path}; known spaces: {', '.join(list_spaces(directory))}"
+        )
+    return parse_space(path)
+
+
+def parse_space(path: Path) -> SearchSpace:
+    where = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise UserInputError(f"{where}{at}: malformed YAML ({_first_line(exc)})") from None
+    if not isinstance(doc, dict):
+        raise UserInputError(f"{where}: expected a mapping with 'params', got {type(doc).__name__}")
+    unknown = sorted(set(doc) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise UserInputError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL_KEYS)}"
+        )
+    raw_params = doc.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise UserInputError(
+            f"{where}: 'params' must map at least one config key to a distribution"
+        )
+    known = TrialConfig.field_names()
+    params: dict[str, tuple[str, list[Any]]] = {}
+    for key, spec in raw_params.items():
+        if key not in known:
+            raise UserInputError(
+                f"{where}: unknown key params.{key}; known config keys: {', '.join(known)}"
+            )
+        params[key] = _parse_distribution(where, key, spec)
+    fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise UserInputError(f"{where}: 'fixed' must be a mapping of config keys to values")
+    for key in fixed:
+        if key not in known:
+            raise UserInputError(
+                f"{where}: unknown key fixed.{key}; known config keys: {', '.join(known)}"
+            )
+        if key in params:
+            raise UserInputError(f"{where}: key {key!r} is both swept and fixed")
+    try:
+        TrialConfig.from_dict(fixed)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: fixed: {exc}") from None
+    return SearchSpace(
+        name=path.stem,
+        path=path,
+        description=str(doc.get("description", "")),
+        params=params,
+        fixed=dict(fixed),
+    )
+
+
+def _parse_distribution(where: str, key: str, spec: Any) -> tuple[str, list[Any]]:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise UserInputError(
+            f"{where}: params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}}}: [...]"
+        )
+    ((dist, args),) = spec.items()
+    if dist not in DISTRIBUTIONS:
+        raise UserInputError(
+            f"{where}: params.{key}: unknown distribution {dist!r}; "
+            f"known: {', '.join(DISTRIBUTIONS)}"
+        )
+    if not isinstance(args, list) or not args:
+        raise UserInputError(f"{where}: params.{key}.{dist}: empty; give a non-empty list")
+    if dist == "choice":
+        for value in args:
+            _check_value(where, key, value)
+        return dist, list(args)
+    if len(args) != 2 or not all(isinstance(a, int | float) for a in args):
+        raise UserInputError(
+            f"{where}: params.{key}.{dist} must be [low, high] numbers, got {args}"
+        )
+    low, high = args
+    if low >= high:
+        raise UserInputError(
+            f"{where}: params.{key}.{dist}: empty or reversed range [{low}, {high}]; "
+            "need low < high"
+        )
+    if dist == "loguniform" and low <= 0:
+        raise UserInputError(f"{where}: params.{key}.loguniform needs low > 0, got {low}")
+    if dist == "int" and not all(float(a).is_integer() for a in args):
+        raise UserInputError(f"{where}: params.{key}.int needs integer bounds, got {args}")
+    _check_value(where, key, low)
+    _check_value(where, key, high)
+    return dist, [low, high]
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    """A value must make a valid TrialConfig (e.g. aug_strength within [0, 1])."""
+    try:
+        TrialConfig.from_dict({key: value})
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: params.{key}: {exc}") from None
+
+
+def _domain(dist: str, args: list[Any]) -> Any:
+    if dist == "choice":
+        return tune.choice(args)
+    if dist == "uniform":
+        return tune.uniform(*args)
+    if dist == "loguniform":
+        return tune.loguniform(*args)
+    return tune.randint(int(args[0]), int(args[1]) + 1)  # randint's upper bound is exclusive
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

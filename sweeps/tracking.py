@@ -1,0 +1,132 @@
+"""MLflow: where the store is, and the runs a sweep writes (see DESIGN.md, "MLflow").
+
+All calls go through `MlflowClient` with an explicit tracking URI, so that a trial on
+any node logs to the same store and nothing depends on global MLflow state.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jepa import metrics as M
+from jepa.errors import UserInputError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STORE_DIR = PROJECT_ROOT / "mlflow"
+DEFAULT_DB = STORE_DIR / "mlflow.db"
+DEFAULT_ARTIFACTS = STORE_DIR / "artifacts"
+DEFAULT_EXPERIMENT = "jepa-sweeps"
+# One log_batch call takes at most this many metrics (MLflow's own limit is 1000).
+BATCH = 900
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the embedded sqlite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def ui_command(uri: str) -> str:
+    """The one command that serves the MLflow UI over this store on 127.0.0.1."""
+    if uri.startswith("http"):
+        return f"open {uri}"
+    artifacts = DEFAULT_ARTIFACTS if uri == f"sqlite:///{DEFAULT_DB}" else None
+    parts = ["mlflow ui --host 127.0.0.1 --port 5000", f"--backend-store-uri {uri}"]
+    if artifacts:
+        parts.append(f"--default-artifact-root {artifacts}")
+    return " ".join(parts)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created (artifacts next to the sqlite store) if new."""
+    c = client(uri)
+    try:
+        exp = c.get_experiment_by_name(name)
+    except Exception as exc:  # MLflow raises many types for "cannot reach the store"
+        raise UserInputError(
+            f"cannot reach the MLflow tracking store {uri}: {_first_line(exc)}; "
+            "check --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        # MLflow's default for a sqlite store is ./mlartifacts relative to the working
+        # directory; keep artifacts beside the store whatever the working directory.
+        db = Path(uri.removeprefix("sqlite:///"))
+        artifact_location = (db.parent / "artifacts").resolve().as_uri()
+    return c.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for start in range(0, len(items), 100):  # log_batch takes at most 100 params
+        c.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(
+    c, run_id: str, values: dict[str, float], step: int = 0, timestamp_ms: int | None = None
+) -> None:
+    """Log many metrics in one HTTP call (one call each costs ~90 ms over HTTP)."""
+    log_metric_rows(c, run_id, [(step, values)], timestamp_ms)
+
+
+def log_metric_rows(
+    c, run_id: str, rows: Iterable[tuple[int, dict[str, float]]], timestamp_ms: int | None = None
+) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = timestamp_ms or int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), ts, int(step))
+        for step, values in rows
+        for k, v in values.items()
+        if isinstance(v, int | float)
+    ]
+    for start in range(0, len(items), BATCH):
+        c.log_batch(run_id, metrics=items[start : start + BATCH])
+
+
+def set_tags(c, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_config_yaml(c, run_id: str, config: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / M.CONFIG_ARTIFACT
+        path.write_text(yaml.safe_dump(config, sort_keys=True))
+        c.log_artifact(run_id, str(path))
+
+
+def log_traceback(c, run_id: str, exc: BaseException) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "traceback.txt"
+        path.write_text("".join(traceback.format_exception(exc)))
+        c.log_artifact(run_id, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

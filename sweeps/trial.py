@@ -1,0 +1,213 @@
+"""One Tune trial: an MLflow child run around a Ray Train (V2) TorchTrainer job.
+
+`run_trial` is the Tune function trainable (the trial's driver). It opens the trial's
+MLflow run, fetches the embedding bank from the sweep's cache actor, and starts a
+`TorchTrainer` whose workers run `train_worker`. Rank 0 logs each epoch to MLflow and
+reports it to Tune (through `TuneReportCallback`), then evaluates the predictor and
+logs the probe accuracy, the t-SNE picture and the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from jepa import metrics as M
+from jepa.augment import clean_transform
+from jepa.backbones import BackboneSpec, build_backbone
+from jepa.config import TrialConfig
+from jepa.evaluate import evaluate_representation
+from jepa.features import FeatureBank, embed_images
+from jepa.train import EvalSet, train_predictor
+from jepa.views import CachedViewPairs, LiveViewPairs
+from sweeps import tracking
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of one sweep shares (passed with `tune.with_parameters`)."""
+
+    sweep_name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    base_config: dict[str, Any]
+    backbone: BackboneSpec
+    run_tags: dict[str, str]
+    """Tags every run gets: backbone and data set."""
+    run_params: dict[str, str]
+    """Params every trial run gets besides its config (checkpoint SHA-256, data set)."""
+    cache_actor: str
+    namespace: str
+    storage_path: str
+    feature_cache: bool = True
+    workers_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    cpus_per_worker: float = 1.0
+    baseline_probe_accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """Tune trainable: train and evaluate one configuration, logged as an MLflow run."""
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = TrialConfig.from_dict({**ctx.base_config, **config})
+    trial_id = tune.get_context().get_trial_id()
+    client = tracking.client(ctx.tracking_uri)
+    run = client.create_run(
+        ctx.experiment_id,
+        run_name=f"trial-{trial_id}",
+        tags={
+            M.TAG_ROLE: M.ROLE_TRIAL,
+            "mlflow.parentRunId": ctx.parent_run_id,
+            M.TAG_TRIAL_ID: trial_id,
+            M.TAG_SWEEP_NAME: ctx.sweep_name,
+            M.TAG_NODE: ray.get_runtime_context().get_node_id(),
+            **ctx.run_tags,
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        tracking.log_params(client, run_id, {**cfg.to_dict(), **ctx.run_params})
+        tracking.log_config_yaml(client, run_id, cfg.to_dict())
+        cache = ray.get_actor(ctx.cache_actor, namespace=ctx.namespace)
+        if ctx.feature_cache:
+            data_ref = ray.get(cache.bank.remote(cfg.aug_strength))
+        else:
+            data_ref = ray.get(cache.dataset_ref.remote())
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "cfg": cfg.to_dict(),
+                "run_id": run_id,
+                "tracking_uri": ctx.tracking_uri,
+                "data": data_ref,  # [ObjectRef]: a FeatureBank, or the images (cache off)
+                "feature_cache": ctx.feature_cache,
+                "backbone": ctx.backbone,
+                "baseline_probe_accuracy": ctx.baseline_probe_accuracy,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=ctx.workers_per_trial,
+                use_gpu=ctx.gpus_per_trial > 0,
+                resources_per_worker=_worker_resources(ctx),
+            ),
+            run_config=RunConfig(
+                name=f"{ctx.sweep_name}-{trial_id}",
+                storage_path=os.path.join(ctx.storage_path, "_train"),
+                callbacks=[TuneReportCallback()],
+            ),
+        )
+        trainer.fit()
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        try:
+            tracking.log_traceback(client, run_id, exc)
+            client.set_terminated(run_id, status)
+        finally:
+            raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _worker_resources(ctx: SweepContext) -> dict[str, float]:
+    resources = {"CPU": ctx.cpus_per_worker}
+    if ctx.gpus_per_trial > 0:
+        resources["GPU"] = ctx.gpus_per_trial / ctx.workers_per_trial
+    return resources
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker loop: every rank trains; rank 0 logs, reports and evaluates."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    cfg = TrialConfig.from_dict(config["cfg"])
+    client = tracking.client(config["tracking_uri"]) if rank == 0 else None
+    run_id = config["run_id"]
+
+    data = ray.get(config["data"][0])
+    if config["feature_cache"]:
+        bank: FeatureBank = data
+        views = CachedViewPairs(bank.views)
+    else:
+        # The seed's way: augment and run the backbone on every batch; the clean views
+        # for evaluation are computed here too, by this trial.
+        backbone = build_backbone(config["backbone"])
+        views = LiveViewPairs(data.train_images, backbone, cfg.aug_strength, device)
+        clean = clean_transform(backbone.image_size)
+        bank = FeatureBank(
+            views=torch.empty(0, 0, 0),
+            train_clean=embed_images(backbone, data.train_images, clean, device=device),
+            train_labels=data.train_labels,
+            eval_clean=embed_images(backbone, data.eval_images, clean, device=device),
+            eval_labels=data.eval_labels,
+        )
+        views.backbone_images += len(data.train_images) + len(data.eval_images)
+    evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
+
+    def on_epoch(row: dict[str, float]) -> None:
+        if rank == 0:
+            tracking.log_metrics(client, run_id, _without(row, M.EPOCH), step=int(row[M.EPOCH]))
+        ray.train.report(dict(row) if rank == 0 else {})
+
+    wrap = ray.train.torch.prepare_model if world_size > 1 else None
+    result = train_predictor(
+        cfg,
+        views,
+        evalset,
+        on_epoch=on_epoch,
+        rank=rank,
+        world_size=world_size,
+        wrap=wrap,
+        device=device,
+    )
+    final: dict[str, float] = {}
+    if rank == 0:
+        final = _evaluate_and_log(client, run_id, result, bank, cfg, config)
+    ray.train.report(final)
+
+
+def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, float]:
+    predictor = result.predictor.eval().cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        tsne = Path(tmp) / M.TSNE_ARTIFACT
+        scores = evaluate_representation(
+            predictor,
+            bank,
+            tsne_path=tsne,
+            title=f"w={cfg.predictor_width} lr={cfg.lr:.2g} aug={cfg.aug_strength} {cfg.objective}",
+            seed=cfg.seed,
+        )
+        weights = Path(tmp) / M.PREDICTOR_ARTIFACT
+        torch.save(
+            {"state_dict": predictor.state_dict(), "config": cfg.to_dict(), "dim": predictor.dim},
+            weights,
+        )
+        client.log_artifact(run_id, str(tsne))
+        client.log_artifact(run_id, str(weights))
+    final = {
+        **scores,
+        "backbone_images": float(result.backbone_images),
+        "epochs_run": float(len(result.history)),
+    }
+    if config.get("baseline_probe_accuracy") is not None:
+        final[M.PROBE_LIFT] = scores[M.PROBE_ACCURACY] - config["baseline_probe_accuracy"]
+    tracking.log_metrics(client, run_id, final, step=len(result.history))
+    tracking.set_tags(client, run_id, {M.TAG_STATUS: result.status})
+    return {**final, M.TAG_STATUS: result.status}
+
+
+def _without(row: dict[str, float], *keys: str) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k not in keys}
