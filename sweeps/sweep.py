@@ -21,11 +21,13 @@ from jepa.evaluate import evaluate_representation
 from sweeps import tracking
 from sweeps.cli import resolve_paths
 from sweeps.feature_cache import FeatureCacheActor
+from sweeps.search import FinalMetricOptunaSearch
 from sweeps.spaces import SearchSpace, load_space
 from sweeps.trial import SweepContext, run_trial
 
 NAMESPACE = "jepa-sweeps"
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 
 
 @dataclass
@@ -183,7 +185,6 @@ def _sweep(
     run_params,
 ) -> SweepSummary:
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     tracking.log_params(
         client,
@@ -249,12 +250,16 @@ def _sweep(
             grace_period=2,
         )
     tuner = tune.Tuner(
-        # The trial's driver only waits on its TorchTrainer: it reserves no CPU, the
-        # Ray Train workers do.
-        tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0}),
+        # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the Ray
+        # Train workers do) but a little memory, since Tune refuses an empty request.
+        tune.with_resources(
+            tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": DRIVER_MEMORY}
+        ),
         param_space=opts.space.tune_space(),
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric=M.SEARCH_METRIC, mode=M.SEARCH_MODE, seed=opts.seed),
+            search_alg=FinalMetricOptunaSearch(
+                metric=M.SEARCH_METRIC, mode=M.SEARCH_MODE, seed=opts.seed
+            ),
             scheduler=scheduler,
             num_samples=opts.num_samples,
             max_concurrent_trials=opts.max_concurrent or _default_concurrency(opts),

@@ -1,0 +1,23 @@
+# Two commands on a fresh machine with Python 3.11: `make sweep` and `make test`.
+# Both create the virtual environment .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: sweep test lint mlflow-ui mlflow-ui-stop
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+sweep: $(VENV)/.installed
+	$(PY) sweeps/run.py --space predictor_width
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from jepa.probe import collapse_metrics, knn_accuracy, linear_probe
+
+
+def separable(n_per_class=60, dim=20, classes=4, seed=0, noise_seed=None):
+    """Gaussian clusters around centres fixed by `seed`; `noise_seed` draws new points."""
+    centers = np.random.default_rng(seed).normal(scale=6.0, size=(classes, dim))
+    rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
+    x = np.concatenate([c + rng.normal(size=(n_per_class, dim)) for c in centers])
+    y = np.repeat(np.arange(classes), n_per_class)
+    return x.astype(np.float32), y
+
+
+def test_probe_scores_above_0_9_on_linearly_separable_data():
+    x, y = separable(seed=0)
+    xe, ye = separable(seed=0, noise_seed=1)  # same classes, unseen points
+    result = linear_probe(x, y, xe, ye)
+    assert result.accuracy > 0.9
+
+
+def test_probe_is_at_chance_on_random_labels():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 10)).astype(np.float32)
+    y = rng.integers(0, 4, 400)
+    ye = rng.integers(0, 4, 400)
+    assert linear_probe(x, y, rng.normal(size=(400, 10)), ye).accuracy < 0.4
+
+
+def test_knn_accuracy_on_clusters():
+    x, y = separable(seed=2)
+    xe, ye = separable(seed=2, noise_seed=3)
+    assert knn_accuracy(torch.tensor(x), torch.tensor(y), torch.tensor(xe), torch.tensor(ye)) > 0.95
+
+
+def test_collapse_metrics_tell_spread_from_collapsed():
+    spread = torch.randn(500, 64)
+    std, rank = collapse_metrics(spread)
+    assert std == pytest.approx(1 / 8, rel=0.1) and rank > 40
+    collapsed = torch.ones(500, 64) + 1e-6 * torch.randn(500, 64)
+    std_c, rank_c = collapse_metrics(collapsed)
+    assert std_c < 1e-4 and rank_c < 1.5
