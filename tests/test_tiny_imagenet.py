@@ -3,11 +3,16 @@ and the real path's defaults (checkpoint at the project root, data/tiny-imagenet
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +232,75 @@ def test_files_at_the_default_places_are_used_without_flags(tmp_path):
 
     assert trial.data.params["backbone_sha256"] == file_sha256(str(checkpoint))
     assert os.path.isdir(project / "ray_results")
+
+
+# --- python -m jepa.data download tiny-imagenet (never the real URL in tests) ---------
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """An archive laid out like the official one: tiny-imagenet-200/... at its top."""
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*")):
+            z.write(path, Path(folder.name) / path.relative_to(folder))
+    return archive
+
+
+def test_download_offline_exits_2_and_says_where_to_put_the_files(tmp_path):
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dest = tmp_path / "data"
+    env = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jepa.data", "download", "tiny-imagenet", "--dest", str(dest)]
+        + ["--url", f"http://127.0.0.1:{port}/tiny-imagenet-200.zip", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot download" in lines[0]
+    assert f"unzip it into {dest} so that {dest}/tiny-imagenet-200/wnids.txt exists" in lines[0]
+    assert "90528d7ca1a48142e341f4ef8d21d0de" in lines[0]
+    assert not (dest / "tiny-imagenet-200").exists()
+
+
+def test_download_from_a_local_server_checks_md5_and_unpacks(tmp_path, tiny, monkeypatch):
+    from jepa.download import file_md5, main
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = zip_folder(tiny, served / "tiny-imagenet-200.zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_address[1]}/tiny-imagenet-200.zip"
+    try:
+        dest = tmp_path / "data"
+        # The official md5 does not match this archive: nothing may be unpacked.
+        assert main(["download", "tiny-imagenet", "--dest", str(dest), "--url", url]) == 2
+        assert not (dest / "tiny-imagenet-200").exists()
+        flags = ["--dest", str(dest), "--url", url, "--md5", file_md5(archive)]
+        assert main(["download", "tiny-imagenet", *flags]) == 0
+    finally:
+        server.shutdown()
+    data = load_dataset(DatasetSpec(source=str(dest / "tiny-imagenet-200"), images_per_class=2))
+    assert np.bincount(data.train_labels.numpy()).tolist() == [2, 2, 2]
+    assert [p.name for p in dest.iterdir()] == ["tiny-imagenet-200"]  # no leftovers
+
+
+def test_download_from_a_damaged_zip_exits_2(tmp_path, tiny, capsys):
+    from jepa.download import main
+
+    archive = zip_folder(tiny, tmp_path / "tiny-imagenet-200.zip")
+    archive.write_bytes(archive.read_bytes()[:-200])
+    dest = tmp_path / "data"
+    assert main(["download", "tiny-imagenet", "--zip", str(archive), "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected 90528d7ca1a48142e341f4ef8d21d0de" in err[0]
+    assert not (dest / "tiny-imagenet-200").exists()
