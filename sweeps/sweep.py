@@ -207,7 +207,7 @@ def _sweep(
         name=cache_name,
         namespace=NAMESPACE,
         lifetime=None,
-        num_gpus=1 if opts.gpus_per_trial > 0 else 0,
+        num_gpus=0,  # GPU work runs in short tasks: see feature_cache._compute_on_gpu
     ).remote(
         opts.cache_dir,
         opts.backbone,
@@ -215,7 +215,7 @@ def _sweep(
         backbone_hash,
         opts.views,
         opts.seed,
-        use_gpu=opts.gpus_per_trial > 0,
+        gpu_share=min(1.0, opts.gpus_per_trial),
     )
 
     baseline = _baseline(
