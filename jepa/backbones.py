@@ -119,6 +119,19 @@ def build_backbone(spec: BackboneSpec) -> FrozenBackbone:
     return builder(spec)
 
 
+def check_backbone(spec: BackboneSpec) -> str:
+    """Validate `spec` cheaply, before a sweep creates anything; returns a one-line
+    description. For `ijepa` the checkpoint is read memory-mapped and every key and
+    shape checked against the architecture, without loading the weights."""
+    if spec.name not in BACKBONES:
+        build_backbone(spec)  # raises, listing the known names
+    if spec.name == IJEPA:
+        from jepa.ijepa import inspect_checkpoint
+
+        return inspect_checkpoint(spec).describe()
+    return "demo-vit (random init, seed 0)"
+
+
 def state_dict_hash(module: nn.Module) -> str:
     """SHA-256 over a module's tensors in key order."""
     digest = hashlib.sha256()

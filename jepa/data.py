@@ -132,3 +132,12 @@ def balanced_subset(
 def describe(spec: DatasetSpec) -> str:
     """A short name for tags: `digits` or `tiny-imagenet-200:<folder>`."""
     return DIGITS if spec.is_demo else f"tiny-imagenet-200:{Path(spec.source).resolve()}"
+
+
+if __name__ == "__main__":
+    # `python -m jepa.data download tiny-imagenet` (see jepa.download).
+    import sys
+
+    from jepa.download import main
+
+    sys.exit(main())

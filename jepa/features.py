@@ -79,32 +79,72 @@ class FeatureBank:
 _BANK_FIELDS = ("views", "train_clean", "train_labels", "eval_clean", "eval_labels")
 
 
+class _TransformedImages(torch.utils.data.Dataset):
+    """Item i = transform(images[i]) drawn under the seed `base_seed + i`, so a random
+    view depends on the image and the caller's seed only, not on the number of loader
+    workers, the batch size or the device."""
+
+    def __init__(self, images: torch.Tensor, transform, base_seed: int) -> None:
+        self.images, self.transform, self.base_seed = images, transform, base_seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        # torchvision's random transforms draw from the global CPU generator.
+        torch.random.default_generator.manual_seed(self.base_seed + i)
+        return self.transform(self.images[i])
+
+
 @torch.no_grad()
 def embed_images(
     backbone: FrozenBackbone,
     images: torch.Tensor,
     transform,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: str | None = None,
+    num_workers: int | None = None,
 ) -> torch.Tensor:
     """Run the backbone on transformed images: uint8 [N, 3, h, w] -> float32 [N, D].
 
-    `transform` maps one uint8 [3, h, w] image to a normalised [3, S, S] tensor. On a
-    GPU the forward runs in bf16 autocast; the output is float32 either way.
+    `transform` maps one uint8 [3, h, w] image to a normalised [3, S, S] tensor; random
+    transforms are seeded per image from the caller's global RNG (see
+    `_TransformedImages`). On a GPU the forward runs in bf16 autocast on large batches
+    (default 512) fed by `num_workers` loader processes (default min(8, CPUs)) into
+    pinned memory, so the next batch is ready while the GPU works; on the CPU the
+    transforms run in this process (workers would only compete with the forward for
+    the cores). The output is float32 either way.
     """
     device = torch.device(device)
+    on_gpu = device.type == "cuda"
     backbone.to(device)
-    out = []
+    if batch_size is None:
+        batch_size = 512 if on_gpu else 256
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if on_gpu else 0
+    base_seed = int(torch.randint(0, 2**62, ()).item())
+    loader = torch.utils.data.DataLoader(
+        _TransformedImages(images, transform, base_seed),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=on_gpu,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    out, done = [], 0
     last_print = time.monotonic()
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(backbone.embed(batch.to(device, non_blocking=True)).float().cpu())
-        if progress and time.monotonic() - last_print > 10:
-            last_print = time.monotonic()
-            print(f"{progress}: {start + len(batch)}/{len(images)} images", flush=True)
-    return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
+    # Seeding per image moves the global generator: give the caller's back afterwards.
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                # Kept on the device until the end: a .cpu() per batch would make the GPU
+                # wait for the host every step.
+                out.append(backbone.embed(batch.to(device, non_blocking=True)).float())
+            done += len(batch)
+            if progress and time.monotonic() - last_print > 10:
+                last_print = time.monotonic()
+                print(f"{progress}: {done}/{len(images)} images", flush=True)
+    return torch.cat(out).cpu() if out else torch.empty(0, backbone.embed_dim)
 
 
 def compute_bank(

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which encoder of the checkpoint (the paper evaluates target)",
     )
     model.add_argument(
+        "--arch",
+        default=None,
+        help="timm ViT name of the checkpoint's architecture, e.g. vit_huge_patch14_gap_224 "
+        "(default: recognised from the checkpoint's tensor shapes)",
+    )
+    model.add_argument(
         "--data",
         default=None,
         help="Tiny-ImageNet-200 folder or 'digits' (default: "

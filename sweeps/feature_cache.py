@@ -20,6 +20,17 @@ from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank
 
 
 @ray.remote(num_cpus=0)
+def _compute_on_gpu(
+    backbone: BackboneSpec, dataset: ImageDataset, aug_strength: float, n_views: int, seed: int
+) -> FeatureBank:
+    """One bank on a GPU that this task holds only while it computes. An actor holding
+    a GPU for the whole sweep would starve the trials on a 1-GPU machine (Ray hides the
+    GPUs from actors that reserve none). No deadlock: a trial asks for its bank before
+    its Train workers take their GPU share."""
+    return compute_bank(build_backbone(backbone), dataset, aug_strength, n_views, seed, "cuda")
+
+
+@ray.remote(num_cpus=0)
 class FeatureCacheActor:
     """Holds {aug_strength: ObjectRef[FeatureBank]} and the backbone work it did."""
 
@@ -31,7 +42,7 @@ class FeatureCacheActor:
         backbone_hash: str,
         n_views: int,
         seed: int,
-        use_gpu: bool = False,
+        gpu_share: float = 0.0,
     ) -> None:
         # The actor reserves no CPU so that it never blocks trials, but it is the only
         # thing running while trials wait for it: let torch use every core.
@@ -39,7 +50,9 @@ class FeatureCacheActor:
         self.store = FeatureStore(cache_dir)
         self.backbone_spec, self.dataset = backbone, dataset
         self.n_views, self.seed = n_views, seed
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        # > 0: banks are computed by a task holding this much GPU only while it runs.
+        self.gpu_share = gpu_share
+        self.device = "cuda" if gpu_share > 0 else "cpu"
         self.weights_hash = backbone_hash
         self._backbone = None
         self._banks: dict[float, ray.ObjectRef] = {}
@@ -88,9 +101,16 @@ class FeatureCacheActor:
             f"on {self.device}",
             flush=True,
         )
-        bank = compute_bank(
-            self.backbone(), self.dataset, aug_strength, self.n_views, self.seed, device=self.device
-        )
+        if self.gpu_share > 0:
+            bank = ray.get(
+                _compute_on_gpu.options(num_gpus=self.gpu_share).remote(
+                    self.backbone_spec, self.dataset, aug_strength, self.n_views, self.seed
+                )
+            )
+        else:
+            bank = compute_bank(
+                self.backbone(), self.dataset, aug_strength, self.n_views, self.seed, device="cpu"
+            )
         self.images_embedded += bank.images_embedded
         path = self.store.save(key, bank)
         print(

@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from jepa import metrics as M
-from jepa.backbones import BackboneSpec, weights_hash
+from jepa.backbones import BackboneSpec, check_backbone, weights_hash
 from jepa.config import TrialConfig
 from jepa.data import DatasetSpec, describe, load_dataset
 from jepa.errors import UserInputError
@@ -76,13 +76,16 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     """Validate every flag before anything is started or written."""
     space = load_space(args.space)
     backbone, checkpoint, data, reasons = resolve_paths(args)
+    backbone_spec = BackboneSpec(
+        name=backbone,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        encoder=args.encoder,
+        arch=args.arch,
+    )
+    print(f"Backbone: {check_backbone(backbone_spec)}")
     return SweepOptions(
         space=space,
-        backbone=BackboneSpec(
-            name=backbone,
-            checkpoint=str(checkpoint) if checkpoint else None,
-            encoder=args.encoder,
-        ),
+        backbone=backbone_spec,
         dataset=DatasetSpec(
             source=data,
             images_per_class=args.images_per_class,
@@ -204,7 +207,7 @@ def _sweep(
         name=cache_name,
         namespace=NAMESPACE,
         lifetime=None,
-        num_gpus=1 if opts.gpus_per_trial > 0 else 0,
+        num_gpus=0,  # GPU work runs in short tasks: see feature_cache._compute_on_gpu
     ).remote(
         opts.cache_dir,
         opts.backbone,
@@ -212,7 +215,7 @@ def _sweep(
         backbone_hash,
         opts.views,
         opts.seed,
-        use_gpu=opts.gpus_per_trial > 0,
+        gpu_share=min(1.0, opts.gpus_per_trial),
     )
 
     baseline = _baseline(
