@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.space:
             raise UserInputError("--space NAME is required; see --list-spaces")
-        from sweeps.sweep import SweepInterrupted, options_from_args, run_sweep
+        from sweeps.resume import SweepInterrupted
+        from sweeps.sweep import options_from_args, run_sweep
 
         options = options_from_args(args)
         options.resume_command = resume_command(argv)

@@ -15,14 +15,18 @@ and on resume for a driver that was killed outright (SIGKILL, a lost machine).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pickle
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +90,14 @@ def experiment_dir(storage: str, sweep_name: str) -> Path:
     return Path(storage).resolve() / sweep_name
 
 
-def find_resumable(storage: str, space: str, experiment: str) -> tuple[SweepState, Path]:
-    """The newest unfinished sweep of `space` in MLflow experiment `experiment`.
+def find_resumable(
+    storage: str, space_path: str | Path, experiment: str
+) -> tuple[SweepState, Path]:
+    """The newest unfinished sweep of the space in `space_path` in MLflow `experiment`.
 
     A `UserInputError` when there is none, or when its driver is still running.
     """
+    space = space_id(space_path)
     candidates = []
     for path in Path(storage).glob(f"*/{SWEEP_FILE}"):
         try:
@@ -101,7 +108,7 @@ def find_resumable(storage: str, space: str, experiment: str) -> tuple[SweepStat
             candidates.append((state.updated, state, path.parent))
     if not candidates:
         raise UserInputError(
-            f"--resume: no interrupted sweep of space {space!r} and experiment "
+            f"--resume: no interrupted sweep of space {Path(space).stem!r} and experiment "
             f"{experiment!r} under --storage {storage}; run without --resume to start one"
         )
     _, state, folder = max(candidates, key=lambda c: c[0])
@@ -216,3 +223,98 @@ def close_earlier_attempts(
         elif run.info.status == "FINISHED":
             finished = run
     return EarlierAttempts(count=len(runs), finished_run=finished)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped early (Ctrl-C); Ray is stopped and its MLflow runs are closed."""
+
+
+@dataclass
+class SweepRecord:
+    """A sweep's `sweep.json` and the Tune experiment folder it lives in."""
+
+    state: SweepState
+    folder: Path
+    resumed: bool = False
+
+    def save(self) -> None:
+        self.state.save(self.folder)
+
+    def close(self, client, run_status: str, sweep_status: str) -> None:
+        """End the parent run with `run_status`; runs of trials cut off (by Ctrl-C, a
+        failure of the sweep, or a scheduler's early stop) end KILLED."""
+        close_running_children(client, self.state.experiment_id, self.state.parent_run_id, "KILLED")
+        client.set_terminated(self.state.parent_run_id, run_status)
+        self.state.status = sweep_status
+        self.save()
+
+
+def reopen(client, state: SweepState, folder: Path) -> SweepRecord:
+    """Take up an interrupted sweep: its runs left RUNNING are KILLED, its parent reused."""
+    closed = close_running_children(client, state.experiment_id, state.parent_run_id, "KILLED")
+    client.update_run(state.parent_run_id, status="RUNNING")
+    state.status = RUNNING
+    record = SweepRecord(state, folder, resumed=True)
+    record.save()
+    print(
+        f"Resuming sweep {state.sweep_name} from {folder}; "
+        f"{closed} MLflow run(s) the interruption left RUNNING are now KILLED"
+    )
+    return record
+
+
+def space_id(space_path: str | Path) -> str:
+    """Which space a sweep ran: its file, so that a path and a name of the same file agree."""
+    return str(Path(space_path).resolve())
+
+
+def fingerprint(opts: Any, base_config: dict[str, Any], backbone_hash: str, dataset: Any):
+    """The options (`SweepOptions`) a resumed sweep must share with the one it continues."""
+    return {
+        "space_sha256": hashlib.sha256(Path(opts.space.path).read_bytes()).hexdigest()[:16],
+        "base_config": base_config,
+        "num_samples": opts.num_samples,
+        "max_concurrent": opts.max_concurrent,
+        "max_failures": opts.max_failures,
+        "scheduler": opts.scheduler,
+        "views": opts.views,
+        "feature_cache": opts.feature_cache,
+        "backbone_sha256": backbone_hash,
+        "dataset_manifest": dataset.manifest_hash,
+        "tracking_uri": opts.tracking_uri,
+        "workers_per_trial": opts.workers_per_trial,
+    }
+
+
+@contextlib.contextmanager
+def watch_interrupt() -> Iterator[Callable[[], bool]]:
+    """Yields a function that says whether Tune caught a Ctrl-C.
+
+    Tune handles the first SIGINT itself: it stops the trials, saves its state and
+    returns normally, with the stopped trials marked TERMINATED like finished ones. Its
+    handler then puts back the handler it found, so a marker installed here tells.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # no signal handling off the main thread (nor in Tune)
+        return
+
+    def marker(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, marker)
+    try:
+        yield lambda: signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def restore_tuner(record: SweepRecord, trainable: Any):
+    """Tune's own restore: finished trials stay finished, the trials cut off run again,
+    the search generator and the Optuna study (with its history) are unpickled."""
+    from ray import tune
+
+    history = optuna_history(record.folder)
+    print(f"Tune: restoring {record.folder}; the Optuna sampler's history: {history} trials")
+    return tune.Tuner.restore(
+        str(record.folder), trainable=trainable, resume_unfinished=True, resume_errored=False
+    )

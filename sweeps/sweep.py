@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import os
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +77,6 @@ class SweepSummary:
     backbone_images: int
 
 
-class SweepInterrupted(KeyboardInterrupt):
-    """The sweep stopped early (Ctrl-C); Ray is stopped and its MLflow runs are closed."""
-
-
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
     """Validate every flag before anything is started or written."""
     space = load_space_arg(args.space)
@@ -136,10 +127,10 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
     backbone_hash = weights_hash(opts.backbone)
     base_config = opts.base_config()
     fault = faults.from_env()
-    fingerprint = _fingerprint(opts, base_config, backbone_hash, dataset)
+    fingerprint = resume.fingerprint(opts, base_config, backbone_hash, dataset)
     previous = None
     if opts.resume:
-        previous = resume.find_resumable(opts.storage, _space_id(opts.space), opts.experiment)
+        previous = resume.find_resumable(opts.storage, opts.space.path, opts.experiment)
         resume.check_same_options(previous[0], fingerprint)
     # The last check, and the first contact with the store (it creates the experiment).
     experiment_id = tracking.ensure_experiment(opts.tracking_uri, opts.experiment)
@@ -166,7 +157,7 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
         }
         client = tracking.client(opts.tracking_uri)
         if previous is not None:
-            record = _reopen_sweep(client, *previous)
+            record = resume.reopen(client, *previous)
         else:
             parent = client.create_run(
                 experiment_id,
@@ -175,14 +166,14 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
             )
             state = resume.SweepState(
                 sweep_name=sweep_name,
-                space=_space_id(opts.space),
+                space=resume.space_id(opts.space.path),
                 experiment=opts.experiment,
                 experiment_id=experiment_id,
                 tracking_uri=opts.tracking_uri,
                 parent_run_id=parent.info.run_id,
                 fingerprint=fingerprint,
             )
-            record = SweepRecord(state, resume.experiment_dir(opts.storage, sweep_name))
+            record = resume.SweepRecord(state, resume.experiment_dir(opts.storage, sweep_name))
             record.save()
         sweep_name, parent_id = record.state.sweep_name, record.state.parent_run_id
         print(f"MLflow: experiment {opts.experiment!r}, sweep run {parent_id}")
@@ -208,7 +199,7 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
             if started_ray:
                 ray.shutdown()
             record.close(client, "KILLED", resume.INTERRUPTED)
-            raise SweepInterrupted(sweep_name) from None
+            raise resume.SweepInterrupted(sweep_name) from None
         except BaseException:
             if started_ray:
                 ray.shutdown()
@@ -219,67 +210,6 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
     finally:
         if started_ray:
             ray.shutdown()
-
-
-@dataclass
-class SweepRecord:
-    """A sweep's `sweep.json` and the Tune experiment folder it lives in."""
-
-    state: resume.SweepState
-    folder: Path
-    resumed: bool = False
-
-    def save(self) -> None:
-        self.state.save(self.folder)
-
-    def close(self, client, run_status: str, sweep_status: str) -> None:
-        """End the parent run with `run_status`; runs of trials cut off (by Ctrl-C, a
-        failure of the sweep, or a scheduler's early stop) end KILLED."""
-        resume.close_running_children(
-            client, self.state.experiment_id, self.state.parent_run_id, "KILLED"
-        )
-        client.set_terminated(self.state.parent_run_id, run_status)
-        self.state.status = sweep_status
-        self.save()
-
-
-def _reopen_sweep(client, state: resume.SweepState, folder: Path) -> SweepRecord:
-    """Take up an interrupted sweep: its runs left RUNNING are KILLED, its parent reused."""
-    closed = resume.close_running_children(
-        client, state.experiment_id, state.parent_run_id, "KILLED"
-    )
-    client.update_run(state.parent_run_id, status="RUNNING")
-    state.status = resume.RUNNING
-    record = SweepRecord(state, folder, resumed=True)
-    record.save()
-    print(
-        f"Resuming sweep {state.sweep_name} from {folder}; "
-        f"{closed} MLflow run(s) the interruption left RUNNING are now KILLED"
-    )
-    return record
-
-
-def _space_id(space: SearchSpace) -> str:
-    """Which space a sweep ran: its file, so that a path and a name of the same file agree."""
-    return str(Path(space.path).resolve())
-
-
-def _fingerprint(opts: SweepOptions, base_config, backbone_hash: str, dataset) -> dict[str, Any]:
-    """The options a resumed sweep must share with the one it continues."""
-    return {
-        "space_sha256": hashlib.sha256(Path(opts.space.path).read_bytes()).hexdigest()[:16],
-        "base_config": base_config,
-        "num_samples": opts.num_samples,
-        "max_concurrent": opts.max_concurrent,
-        "max_failures": opts.max_failures,
-        "scheduler": opts.scheduler,
-        "views": opts.views,
-        "feature_cache": opts.feature_cache,
-        "backbone_sha256": backbone_hash,
-        "dataset_manifest": dataset.manifest_hash,
-        "tracking_uri": opts.tracking_uri,
-        "workers_per_trial": opts.workers_per_trial,
-    }
 
 
 def _sweep(
@@ -293,7 +223,7 @@ def _sweep(
     base_config,
     run_tags,
     run_params,
-    record: SweepRecord,
+    record: resume.SweepRecord,
     fault: faults.Fault | None = None,
 ) -> SweepSummary:
     from ray import tune
@@ -387,13 +317,13 @@ def _sweep(
         tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": DRIVER_MEMORY}
     )
     if record.resumed and tune.Tuner.can_restore(record.folder):
-        tuner = _restore_tuner(record, trainable)
+        tuner = resume.restore_tuner(record, trainable)
     else:
         tuner = _new_tuner(opts, trainable, scheduler, sweep_name)
-    with _watch_interrupt() as interrupted:
+    with resume.watch_interrupt() as interrupted:
         grid = tuner.fit()
     if interrupted() or grid.num_terminated + grid.num_errors < opts.num_samples:
-        raise SweepInterrupted(sweep_name)
+        raise resume.SweepInterrupted(sweep_name)
     rows = _rows(grid, opts.space)
     stats = ray.get(cache.stats.remote())
     backbone_images = stats["images_embedded"] + int(
@@ -403,40 +333,6 @@ def _sweep(
     _log_summary(client, parent_id, summary)
     print_table(summary, opts.space)
     return summary
-
-
-@contextlib.contextmanager
-def _watch_interrupt() -> Iterator[Callable[[], bool]]:
-    """Yields a function that says whether Tune caught a Ctrl-C.
-
-    Tune handles the first SIGINT itself: it stops the trials, saves its state and
-    returns normally, with the stopped trials marked TERMINATED like finished ones. Its
-    handler then puts back the handler it found, so a marker installed here tells.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False  # no signal handling off the main thread (nor in Tune)
-        return
-
-    def marker(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, marker)
-    try:
-        yield lambda: signal.getsignal(signal.SIGINT) is marker
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _restore_tuner(record: SweepRecord, trainable):
-    """Tune's own restore: finished trials stay finished, the trials cut off run again,
-    the search generator and the Optuna study (with its history) are unpickled."""
-    from ray import tune
-
-    history = resume.optuna_history(record.folder)
-    print(f"Tune: restoring {record.folder}; the Optuna sampler's history: {history} trials")
-    return tune.Tuner.restore(
-        str(record.folder), trainable=trainable, resume_unfinished=True, resume_errored=False
-    )
 
 
 def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):

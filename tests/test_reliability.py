@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -161,8 +162,6 @@ def _wait_mid_trial(db: Path, proc: subprocess.Popen, finished: int, timeout: fl
 
 def _session_processes(output: str) -> list[int]:
     """Processes of the Ray session named in the sweep's output (raylet, GCS, workers)."""
-    import re
-
     match = re.search(r"/tmp/ray/(session_[0-9_\-]+)", output)
     assert match, "the sweep printed no Ray session folder"
     pids = []
@@ -229,7 +228,8 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     # 3. Resume again; it finishes.
     proc = run_cli([*args, "--resume"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Optuna sampler's history: 2 trials" in proc.stdout, proc.stdout[-3000:]
+    # 1 when Tune's last periodic save came before the second trial started.
+    assert re.search(r"Optuna sampler's history: [12] trials", proc.stdout), proc.stdout[-3000:]
 
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     runs = _experiment_runs(client)
