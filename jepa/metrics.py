@@ -21,6 +21,7 @@ TAG_BACKBONE = "jepa.backbone"
 TAG_DATASET = "jepa.dataset"
 TAG_STATUS = "jepa.status"
 TAG_TRIAL_ID = "jepa.trial_id"
+TAG_ATTEMPT = "jepa.attempt"  # 1, 2, ...: a trial retried after a failure gets a new run
 TAG_NODE = "jepa.node"
 TAG_SWEEP_NAME = "jepa.sweep"
 

@@ -124,12 +124,18 @@ def train_predictor(
             total += float(loss.detach()) * len(index)
             count += len(index)
         train_loss = total / max(count, 1)
-        row = {M.EPOCH: epoch, M.TRAIN_LOSS: train_loss, **epoch_metrics(predictor, evalset)}
-        result.history.append(row)
-        if not math.isfinite(train_loss):
+        row = {M.EPOCH: epoch, M.TRAIN_LOSS: train_loss}
+        if math.isfinite(train_loss):
+            row.update(epoch_metrics(predictor, evalset))
+        else:
+            # The weights are no longer finite: the diagnostics (an SVD) would raise, and
+            # the trial must end as `diverged`, not as an error.
             result.status = STATUS_DIVERGED
-        elif stop_on_collapse and is_collapsed(
-            row[M.EMBEDDING_STD], row[M.EFFECTIVE_RANK], backbone_std
+        result.history.append(row)
+        if (
+            result.status == STATUS_FINISHED
+            and stop_on_collapse
+            and is_collapsed(row[M.EMBEDDING_STD], row[M.EFFECTIVE_RANK], backbone_std)
         ):
             result.status = STATUS_COLLAPSED
         if on_epoch:

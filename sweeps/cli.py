@@ -7,6 +7,8 @@ how to fix it; 1 on any other failure.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from jepa.backbones import BACKBONES, DEMO, IJEPA
 from jepa.errors import UserInputError
 from jepa.features import DEFAULT_VIEWS
 from sweeps import tracking
-from sweeps.spaces import list_spaces, load_space
+from sweeps.resume import resume_command
+from sweeps.spaces import SearchSpace, list_spaces, load_space, parse_space
 
 PROJECT_ROOT = tracking.PROJECT_ROOT
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "IN1K-vit.h.14-300e.pth.tar"
@@ -41,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     what = p.add_argument_group("what to sweep")
-    what.add_argument("--space", help="search space: search_spaces/NAME.yaml")
+    what.add_argument(
+        "--space",
+        help="search space: NAME for search_spaces/NAME.yaml, or the path of a .yaml file",
+    )
     what.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
     what.add_argument("--num-samples", type=_positive_int, default=8, help="trials to run")
     what.add_argument(
@@ -64,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "asha"),
         default="none",
         help="early stopping of poor trials (ASHA on knn_accuracy)",
+    )
+    what.add_argument(
+        "--max-failures",
+        type=_non_negative_int,
+        default=0,
+        help="retries of a trial that raises before it counts as failed (the sweep goes on)",
     )
     track = p.add_argument_group("tracking and storage")
     track.add_argument(
@@ -175,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.list_spaces:
@@ -183,17 +196,36 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.space:
             raise UserInputError("--space NAME is required; see --list-spaces")
+        from sweeps.resume import SweepInterrupted
         from sweeps.sweep import options_from_args, run_sweep
 
         options = options_from_args(args)
+        options.resume_command = resume_command(argv)
         summary = run_sweep(options)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with the same command and --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, SweepInterrupted):
+            print(
+                f"interrupted: Ray stopped, MLflow runs closed as KILLED; continue with: "
+                f"{resume_command(argv)}",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted before the sweep started; nothing to resume", file=sys.stderr)
         return 130
     return 0 if summary.finished > 0 else 1
+
+
+def load_space_arg(text: str) -> SearchSpace:
+    """`--space`: a name from search_spaces/, or the path of a space file."""
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UserInputError(f"--space {text}: no such file; or give a name (--list-spaces)")
+        return parse_space(path)
+    return load_space(text)
 
 
 def _positive_int(text: str) -> int:
@@ -207,6 +239,13 @@ def _at_least_two(text: str) -> int:
     value = int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"need at least 2 views to make pairs, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -230,6 +269,8 @@ def resolve_paths(args: argparse.Namespace) -> tuple[str, Path | None, str, list
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
         raise UserInputError(f"--checkpoint {checkpoint}: no such file")
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
     if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
         checkpoint = DEFAULT_CHECKPOINT
     backbone = args.backbone
@@ -253,4 +294,86 @@ def resolve_paths(args: argparse.Namespace) -> tuple[str, Path | None, str, list
         raise UserInputError(
             f"--data {data}: no such folder; give a Tiny-ImageNet-200 folder or 'digits'"
         )
+    if data != "digits":
+        check_data_layout(Path(data))
     return backbone, checkpoint, data, reasons
+
+
+# The legacy (pre-zip) torch.save format starts with this pickled magic number.
+_LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Cheap check that `path` is a PyTorch checkpoint that loads with weights_only=True.
+
+    A zip-format file is loaded memory-mapped (the tensors are not read, so a 2.5 GB
+    ViT-H file costs a second); a legacy-format file must at least start like one.
+    Loading its weights into the backbone is `jepa.backbones`' business.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        if head == _LEGACY_TORCH_MAGIC:
+            return
+        raise UserInputError(
+            f"--checkpoint {path}: not a PyTorch checkpoint (neither torch.save's zip nor its "
+            "legacy format); give the I-JEPA .pth.tar file"
+        )
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserInputError(
+            f"--checkpoint {path}: torch.load(weights_only=True) cannot read it ({first})"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserInputError(
+            f"--checkpoint {path}: holds a {type(state).__name__}, not a dict of state dicts"
+        )
+
+
+TINY_IMAGENET_ENTRIES = ("wnids.txt", "train", "val")
+
+
+def check_data_layout(folder: Path) -> None:
+    """A Tiny-ImageNet-200 folder has wnids.txt, train/ and val/ (the official zip's layout)."""
+    missing = [name for name in TINY_IMAGENET_ENTRIES if not (folder / name).exists()]
+    if missing:
+        raise UserInputError(
+            f"--data {folder}: not a Tiny-ImageNet-200 folder (no {', '.join(missing)}); "
+            "unzip tiny-imagenet-200.zip and give its tiny-imagenet-200 folder, or --data digits"
+        )
+
+
+def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float = 5.0) -> None:
+    """Before anything starts: the Ray address answers, and a local cluster has the GPUs.
+
+    `ray.init` on an address where nothing listens retries for a long time; a TCP
+    connection attempt answers within `timeout_s`.
+    """
+    if address and address != "auto":
+        hostport = address.split("://", 1)[-1].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserInputError(
+                f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto"
+            )
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            raise UserInputError(
+                f"--address {address}: cannot reach a Ray cluster there "
+                f"({exc.strerror or exc}); start one (ray start --head) or fix --address"
+            ) from None
+    if not address and gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(
+                f"--gpus-per-trial {gpus_per_trial:g} but this machine has no GPU that torch "
+                "can use; use --gpus-per-trial 0 (or --address of a cluster with GPUs)"
+            )

@@ -18,16 +18,18 @@ from jepa.config import TrialConfig
 from jepa.data import DatasetSpec, describe, load_dataset
 from jepa.errors import UserInputError
 from jepa.evaluate import evaluate_representation
-from sweeps import tracking
-from sweeps.cli import resolve_paths
+from jepa.train import STATUS_DIVERGED
+from sweeps import faults, resume, tracking
+from sweeps.cli import check_cluster, load_space_arg, resolve_paths
 from sweeps.feature_cache import FeatureCacheActor
 from sweeps.search import FinalMetricOptunaSearch
-from sweeps.spaces import SearchSpace, load_space
+from sweeps.spaces import SearchSpace
 from sweeps.trial import SweepContext, run_trial
 
 NAMESPACE = "jepa-sweeps"
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
+FAILED = "failed"  # the status column of a trial that raised on its last attempt
 
 
 @dataclass
@@ -52,6 +54,9 @@ class SweepOptions:
     views: int = 8
     cache_dir: str = ".cache/embeddings"
     resume: bool = False
+    max_failures: int = 0
+    resume_command: str = ""
+    """The command that resumes this sweep (printed at the start and on Ctrl-C)."""
 
     def base_config(self) -> dict[str, Any]:
         base = {**TrialConfig().to_dict(), **self.space.fixed, "seed": self.seed}
@@ -74,7 +79,7 @@ class SweepSummary:
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
     """Validate every flag before anything is started or written."""
-    space = load_space(args.space)
+    space = load_space_arg(args.space)
     backbone, checkpoint, data, reasons = resolve_paths(args)
     backbone_spec = BackboneSpec(
         name=backbone,
@@ -83,6 +88,8 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         arch=args.arch,
     )
     print(f"Backbone: {check_backbone(backbone_spec)}")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    check_cluster(address, args.gpus_per_trial)
     return SweepOptions(
         space=space,
         backbone=backbone_spec,
@@ -100,7 +107,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         experiment=args.experiment,
         tracking_uri=args.tracking_uri or tracking.default_tracking_uri(),
         storage=args.storage,
-        address=args.address or os.environ.get("RAY_ADDRESS"),
+        address=address,
         workers_per_trial=args.workers_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker,
@@ -110,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         views=args.views,
         cache_dir=args.cache_dir,
         resume=args.resume,
+        max_failures=args.max_failures,
     )
 
 
@@ -120,8 +128,15 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
     _check_writable(opts.cache_dir, "--cache-dir")
     dataset = load_dataset(opts.dataset)
     backbone_hash = weights_hash(opts.backbone)
-    experiment_id = tracking.ensure_experiment(opts.tracking_uri, opts.experiment)
     base_config = opts.base_config()
+    fault = faults.from_env()
+    fingerprint = resume.fingerprint(opts, base_config, backbone_hash, dataset)
+    previous = None
+    if opts.resume:
+        previous = resume.find_resumable(opts.storage, opts.space.path, opts.experiment)
+        resume.check_same_options(previous[0], fingerprint)
+    # The last check, and the first contact with the store (it creates the experiment).
+    experiment_id = tracking.ensure_experiment(opts.tracking_uri, opts.experiment)
 
     if opts.demo_reasons:
         print(
@@ -144,13 +159,29 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
             "eval_images": len(dataset.eval_images),
         }
         client = tracking.client(opts.tracking_uri)
-        parent = client.create_run(
-            experiment_id,
-            run_name=sweep_name,
-            tags={M.TAG_ROLE: M.ROLE_SWEEP, M.TAG_SWEEP_NAME: sweep_name, **run_tags},
-        )
-        parent_id = parent.info.run_id
+        if previous is not None:
+            record = resume.reopen(client, *previous)
+        else:
+            parent = client.create_run(
+                experiment_id,
+                run_name=sweep_name,
+                tags={M.TAG_ROLE: M.ROLE_SWEEP, M.TAG_SWEEP_NAME: sweep_name, **run_tags},
+            )
+            state = resume.SweepState(
+                sweep_name=sweep_name,
+                space=resume.space_id(opts.space.path),
+                experiment=opts.experiment,
+                experiment_id=experiment_id,
+                tracking_uri=opts.tracking_uri,
+                parent_run_id=parent.info.run_id,
+                fingerprint=fingerprint,
+            )
+            record = resume.SweepRecord(state, resume.experiment_dir(opts.storage, sweep_name))
+            record.save()
+        sweep_name, parent_id = record.state.sweep_name, record.state.parent_run_id
         print(f"MLflow: experiment {opts.experiment!r}, sweep run {parent_id}")
+        if opts.resume_command:
+            print(f"If interrupted, continue with: {opts.resume_command}")
         try:
             summary = _sweep(
                 opts,
@@ -163,12 +194,21 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
                 base_config,
                 run_tags,
                 run_params,
+                record,
+                fault,
             )
-        except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            client.set_terminated(parent_id, status)
+        except KeyboardInterrupt:
+            # Stop Ray first: once its processes are gone nothing can write to the runs.
+            if started_ray:
+                ray.shutdown()
+            record.close(client, "KILLED", resume.INTERRUPTED)
+            raise resume.SweepInterrupted(sweep_name) from None
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            record.close(client, "FAILED", resume.FAILED)
             raise
-        client.set_terminated(parent_id, "FINISHED")
+        record.close(client, "FINISHED", resume.FINISHED)
         return summary
     finally:
         if started_ray:
@@ -186,22 +226,29 @@ def _sweep(
     base_config,
     run_tags,
     run_params,
+    record: resume.SweepRecord,
+    fault: faults.Fault | None = None,
 ) -> SweepSummary:
     from ray import tune
 
-    tracking.log_params(
-        client,
-        parent_id,
-        {
-            "space": opts.space.name,
-            "num_samples": opts.num_samples,
-            "seed": opts.seed,
-            "feature_cache": opts.feature_cache,
-            "views": opts.views,
-            **{f"base.{k}": v for k, v in base_config.items()},
-            **run_params,
-        },
-    )
+    if not record.resumed:  # a resumed sweep's parent run has them already
+        tracking.log_params(
+            client,
+            parent_id,
+            {
+                "space": opts.space.name,
+                "num_samples": opts.num_samples,
+                "seed": opts.seed,
+                "feature_cache": opts.feature_cache,
+                "views": opts.views,
+                "max_failures": opts.max_failures,
+                **{f"base.{k}": v for k, v in base_config.items()},
+                **run_params,
+            },
+        )
+        if dataset.skipped_images:
+            print(f"Skipped {dataset.skipped_images} unreadable images (--skip-bad-images)")
+            tracking.log_metrics(client, parent_id, {"skipped_images": dataset.skipped_images})
     cache_name = f"jepa-feature-cache-{sweep_name}"
     cache = FeatureCacheActor.options(
         name=cache_name,
@@ -218,9 +265,23 @@ def _sweep(
         gpu_share=min(1.0, opts.gpus_per_trial),
     )
 
-    baseline = _baseline(
-        opts, client, cache, experiment_id, parent_id, sweep_name, base_config, run_tags, run_params
-    )
+    baseline = record.state.baseline
+    if baseline is None:
+        baseline = _baseline(
+            opts,
+            client,
+            cache,
+            experiment_id,
+            parent_id,
+            sweep_name,
+            base_config,
+            run_tags,
+            run_params,
+        )
+        record.state.baseline = baseline
+        record.save()
+    else:
+        print(f"Baseline (raw backbone, before the interruption): {_fmt_scores(baseline)}")
 
     ctx = SweepContext(
         sweep_name=sweep_name,
@@ -239,6 +300,7 @@ def _sweep(
         gpus_per_trial=opts.gpus_per_trial,
         cpus_per_worker=opts.cpus_per_worker,
         baseline_probe_accuracy=baseline[M.PROBE_ACCURACY],
+        extra={"fault": fault},
     )
     # Rank 0 reports probe_accuracy only after the last epoch; the epochs before report
     # the cheap diagnostics. Tune would otherwise reject those reports.
@@ -252,12 +314,35 @@ def _sweep(
             max_t=base_config["max_epochs"],
             grace_period=2,
         )
-    tuner = tune.Tuner(
-        # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the Ray
-        # Train workers do) but a little memory, since Tune refuses an empty request.
-        tune.with_resources(
-            tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": DRIVER_MEMORY}
-        ),
+    # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the Ray
+    # Train workers do) but a little memory, since Tune refuses an empty request.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": DRIVER_MEMORY}
+    )
+    if record.resumed and tune.Tuner.can_restore(record.folder):
+        tuner = resume.restore_tuner(record, trainable)
+    else:
+        tuner = _new_tuner(opts, trainable, scheduler, sweep_name)
+    with resume.watch_interrupt() as interrupted:
+        grid = tuner.fit()
+    if interrupted() or grid.num_terminated + grid.num_errors < opts.num_samples:
+        raise resume.SweepInterrupted(sweep_name)
+    rows = _rows(grid, opts.space)
+    stats = ray.get(cache.stats.remote())
+    backbone_images = stats["images_embedded"] + int(
+        sum(r.get("backbone_images") or 0 for r in rows)
+    )
+    summary = _summarise(rows, baseline, parent_id, backbone_images)
+    _log_summary(client, parent_id, summary)
+    print_table(summary, opts.space)
+    return summary
+
+
+def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
         param_space=opts.space.tune_space(),
         tune_config=tune.TuneConfig(
             search_alg=FinalMetricOptunaSearch(
@@ -271,18 +356,11 @@ def _sweep(
             name=sweep_name,
             storage_path=str(Path(opts.storage).resolve()),
             verbose=1,
+            # A trial that raises runs again (a new MLflow run each attempt), then counts
+            # as failed; the sweep goes on either way.
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         ),
     )
-    grid = tuner.fit()
-    rows = _rows(grid, opts.space)
-    stats = ray.get(cache.stats.remote())
-    backbone_images = stats["images_embedded"] + int(
-        sum(r.get("backbone_images") or 0 for r in rows)
-    )
-    summary = _summarise(rows, baseline, parent_id, backbone_images)
-    _log_summary(client, parent_id, summary)
-    print_table(summary, opts.space)
-    return summary
 
 
 def _baseline(
@@ -311,11 +389,14 @@ def _baseline(
         tracking.log_metrics(client, run.info.run_id, scores)
         client.log_artifact(run.info.run_id, str(tsne))
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(
-        f"Baseline (raw backbone): probe_accuracy={scores[M.PROBE_ACCURACY]:.4f} "
-        f"knn_accuracy={scores[M.KNN_ACCURACY]:.4f}"
-    )
+    print(f"Baseline (raw backbone): {_fmt_scores(scores)}")
     return scores
+
+
+def _fmt_scores(scores: dict[str, float]) -> str:
+    return (
+        f"probe_accuracy={scores[M.PROBE_ACCURACY]:.4f} knn_accuracy={scores[M.KNN_ACCURACY]:.4f}"
+    )
 
 
 def _rows(grid, space: SearchSpace) -> list[dict[str, Any]]:
@@ -331,7 +412,7 @@ def _rows(grid, space: SearchSpace) -> list[dict[str, Any]]:
                 M.KNN_ACCURACY: metrics.get(M.KNN_ACCURACY),
                 M.PROBE_LIFT: metrics.get(M.PROBE_LIFT),
                 M.EFFECTIVE_RANK: metrics.get(M.EFFECTIVE_RANK),
-                "status": "error" if result.error else metrics.get(M.TAG_STATUS, "?"),
+                "status": FAILED if result.error else metrics.get(M.TAG_STATUS, "?"),
                 "backbone_images": metrics.get("backbone_images"),
             }
         )
@@ -339,8 +420,11 @@ def _rows(grid, space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def _summarise(rows, baseline, parent_id, backbone_images) -> SweepSummary:
-    done = [r for r in rows if r["status"] != "error" and r[M.PROBE_ACCURACY] is not None]
-    best = max(done, key=lambda r: r[M.PROBE_ACCURACY], default=None)
+    # A trial that diverged or collapsed ended normally (its run is FINISHED, tagged with
+    # the reason); only a trial that raised on its last attempt counts as failed.
+    done = [r for r in rows if r["status"] != FAILED]
+    scored = [r for r in done if r[M.PROBE_ACCURACY] is not None]
+    best = max(scored, key=lambda r: r[M.PROBE_ACCURACY], default=None)
     return SweepSummary(
         parent_run_id=parent_id,
         finished=len(done),
@@ -358,6 +442,7 @@ def _log_summary(client, parent_id: str, summary: SweepSummary) -> None:
         "baseline_probe_accuracy": summary.baseline_probe_accuracy,
         "finished_trials": summary.finished,
         "failed_trials": summary.failed,
+        "diverged_trials": sum(r["status"] == STATUS_DIVERGED for r in summary.rows),
         "backbone_images": summary.backbone_images,
     }
     if summary.best_probe_accuracy is not None:
@@ -409,10 +494,16 @@ def print_table(summary: SweepSummary, space: SearchSpace) -> None:
             f"(baseline {summary.baseline_probe_accuracy:.4f}, lift "
             f"{summary.best_probe_accuracy - summary.baseline_probe_accuracy:+.4f})"
         )
+    diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
     print(
-        f"{summary.finished} trials finished, {summary.failed} failed; "
+        f"{summary.finished} trials finished ({diverged} diverged), {summary.failed} failed; "
         f"backbone ran on {summary.backbone_images} images."
     )
+    if summary.failed:
+        print(
+            "Failed trials: traceback.txt in each attempt's MLflow run (tag jepa.attempt); "
+            "Ray's logs in /tmp/ray/session_latest/logs."
+        )
 
 
 def _fmt(value: Any, sign: bool = False) -> str:

@@ -6,12 +6,17 @@ any node logs to the same store and nothing depends on global MLflow state.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
+import random
 import tempfile
+import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -25,6 +30,13 @@ DEFAULT_ARTIFACTS = STORE_DIR / "artifacts"
 DEFAULT_EXPERIMENT = "jepa-sweeps"
 # One log_batch call takes at most this many metrics (MLflow's own limit is 1000).
 BATCH = 900
+# How long a call keeps retrying while the sqlite store is locked.
+LOCK_RETRY_S = 300.0
+# For the first contact with an HTTP store: no retries, a short timeout.
+FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
@@ -47,17 +59,83 @@ def ui_command(uri: str) -> str:
     return " ".join(parts)
 
 
-def client(uri: str):
+def client(uri: str) -> RetryingClient:
+    """An `MlflowClient` for `uri` whose calls wait out a locked sqlite store."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return RetryingClient(MlflowClient(tracking_uri=uri))
+
+
+class RetryingClient:
+    """Proxy of an `MlflowClient`: a call that fails because the store is locked is retried.
+
+    SQLite admits one writer at a time; a writer that waits more than pysqlite's 5 s for
+    the lock gets "database is locked". When many trials end at once on a loaded machine
+    (each logging metrics, tags and its status) the wait can exceed that. MLflow rolls
+    the failed transaction back, so calling again is safe, creating a run included.
+    """
+
+    def __init__(self, inner: Any, deadline_s: float = LOCK_RETRY_S) -> None:
+        self._inner = inner
+        self._deadline_s = deadline_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry_while_locked(attr, *args, deadline_s=self._deadline_s, **kwargs)
+
+        return call
+
+
+def retry_while_locked(fn: Callable[..., T], *args: Any, deadline_s: float, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, called again with jittered backoff while the store is locked."""
+    start, delay = time.monotonic(), 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_locked_error(exc) or time.monotonic() - start > deadline_s:
+                raise
+            log.warning("MLflow store locked; retrying %s in %.2fs", fn.__name__, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """MLflow retries an unreachable HTTP store for minutes by default; a first contact
+    should answer within seconds."""
+    saved = {k: os.environ.get(k) for k in FAST_HTTP}
+    os.environ.update(FAST_HTTP)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name`, created (artifacts next to the sqlite store) if new."""
+    """The id of experiment `name`, created (artifacts next to the sqlite store) if new.
+
+    Also the check that the store is reachable: an unreachable one is a `UserInputError`
+    within seconds.
+    """
     c = client(uri)
     try:
-        exp = c.get_experiment_by_name(name)
+        with _fail_fast_http():
+            exp = c.get_experiment_by_name(name)
     except Exception as exc:  # MLflow raises many types for "cannot reach the store"
         raise UserInputError(
             f"cannot reach the MLflow tracking store {uri}: {_first_line(exc)}; "
@@ -92,8 +170,6 @@ def log_metrics(
 def log_metric_rows(
     c, run_id: str, rows: Iterable[tuple[int, dict[str, float]]], timestamp_ms: int | None = None
 ) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     ts = timestamp_ms or int(time.time() * 1000)

@@ -24,9 +24,10 @@ from jepa.backbones import BackboneSpec, build_backbone
 from jepa.config import TrialConfig
 from jepa.evaluate import evaluate_representation
 from jepa.features import FeatureBank, embed_images
-from jepa.train import EvalSet, train_predictor
+from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs, LiveViewPairs
 from sweeps import tracking
+from sweeps.resume import close_earlier_attempts
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     cfg = TrialConfig.from_dict({**ctx.base_config, **config})
     trial_id = tune.get_context().get_trial_id()
     client = tracking.client(ctx.tracking_uri)
+    earlier = close_earlier_attempts(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
+    if earlier.finished_run is not None:
+        # The sweep was cut off after this trial finished but before Tune recorded it:
+        # hand Tune the logged result instead of training (and logging) it twice.
+        tune.report(_logged_result(earlier.finished_run))
+        return
     run = client.create_run(
         ctx.experiment_id,
         run_name=f"trial-{trial_id}",
@@ -71,6 +78,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             M.TAG_ROLE: M.ROLE_TRIAL,
             "mlflow.parentRunId": ctx.parent_run_id,
             M.TAG_TRIAL_ID: trial_id,
+            M.TAG_ATTEMPT: earlier.count + 1,
             M.TAG_SWEEP_NAME: ctx.sweep_name,
             M.TAG_NODE: ray.get_runtime_context().get_node_id(),
             **ctx.run_tags,
@@ -95,6 +103,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                 "feature_cache": ctx.feature_cache,
                 "backbone": ctx.backbone,
                 "baseline_probe_accuracy": ctx.baseline_probe_accuracy,
+                "fault": ctx.extra.get("fault"),  # a test's injected failure, else None
             },
             scaling_config=ScalingConfig(
                 num_workers=ctx.workers_per_trial,
@@ -116,6 +125,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         finally:
             raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def _logged_result(run) -> dict[str, Any]:
+    """What a finished trial reported to Tune, read back from its MLflow run."""
+    return {**run.data.metrics, M.TAG_STATUS: run.data.tags.get(M.TAG_STATUS, "?")}
 
 
 def _worker_resources(ctx: SweepContext) -> dict[str, float]:
@@ -157,9 +171,13 @@ def train_worker(config: dict[str, Any]) -> None:
         views.backbone_images += len(data.train_images) + len(data.eval_images)
     evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
 
+    fault = config.get("fault")
+
     def on_epoch(row: dict[str, float]) -> None:
         if rank == 0:
             tracking.log_metrics(client, run_id, _without(row, M.EPOCH), step=int(row[M.EPOCH]))
+        if fault is not None:
+            fault.maybe_raise(cfg.to_dict())  # mid-trial, after an epoch was logged
         ray.train.report(dict(row) if rank == 0 else {})
 
     wrap = ray.train.torch.prepare_model if world_size > 1 else None
@@ -181,6 +199,13 @@ def train_worker(config: dict[str, Any]) -> None:
 
 def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, float]:
     predictor = result.predictor.eval().cpu()
+    if result.status == STATUS_DIVERGED or not _finite(predictor):
+        # Non-finite weights: there is nothing to probe (scikit-learn rejects NaN) and
+        # the trial is over; it ends FINISHED in MLflow, tagged diverged.
+        final = {"epochs_run": float(len(result.history))}
+        tracking.log_metrics(client, run_id, final, step=len(result.history))
+        tracking.set_tags(client, run_id, {M.TAG_STATUS: STATUS_DIVERGED})
+        return {**final, M.TAG_STATUS: STATUS_DIVERGED}
     with tempfile.TemporaryDirectory() as tmp:
         tsne = Path(tmp) / M.TSNE_ARTIFACT
         scores = evaluate_representation(
@@ -204,9 +229,21 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, fl
     }
     if config.get("baseline_probe_accuracy") is not None:
         final[M.PROBE_LIFT] = scores[M.PROBE_ACCURACY] - config["baseline_probe_accuracy"]
-    tracking.log_metrics(client, run_id, final, step=len(result.history))
+    # The last epoch already logged its diagnostics (the same numbers) at this step; a
+    # second point at the same step would make the curves ambiguous.
+    last_epoch = result.history[-1] if result.history else {}
+    tracking.log_metrics(
+        client,
+        run_id,
+        {k: v for k, v in final.items() if k not in last_epoch},
+        step=len(result.history),
+    )
     tracking.set_tags(client, run_id, {M.TAG_STATUS: result.status})
     return {**final, M.TAG_STATUS: result.status}
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 def _without(row: dict[str, float], *keys: str) -> dict[str, float]:

@@ -1,0 +1,65 @@
+"""Fault injection for tests: make chosen trials fail for real, inside the Ray Train worker.
+
+`JEPA_INJECT_FAILURE` (read by the sweep's driver, handed to every trial):
+
+    trial-raise                  every trial's worker raises InjectedFailure
+    trial-raise@predictor_width=64
+                                 only trials whose config has predictor_width == 64
+
+The error is raised in the worker after the trial's MLflow run started, so it travels the
+path a real bug takes: Ray Train fails the run, the trial's driver marks the MLflow run
+FAILED with traceback.txt, Tune retries it up to `--max-failures` and then counts it
+failed. It is a test hook, not a user feature: unset it is inert.
+
+A NaN loss needs no hook: a learning rate of 1e30 makes the loss non-finite in the first
+epoch (see tests/test_reliability.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from jepa.errors import UserInputError
+
+ENV = "JEPA_INJECT_FAILURE"
+KINDS = ("trial-raise",)
+
+
+class InjectedFailure(RuntimeError):
+    """The failure `JEPA_INJECT_FAILURE` asked for."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    key: str | None = None
+    value: str | None = None
+
+    def applies(self, config: dict[str, Any]) -> bool:
+        return self.key is None or str(config.get(self.key)) == self.value
+
+    def maybe_raise(self, config: dict[str, Any]) -> None:
+        if self.kind == "trial-raise" and self.applies(config):
+            where = f" ({self.key}={self.value})" if self.key else ""
+            raise InjectedFailure(f"{ENV}={self.spec()}: injected trial failure{where}")
+
+    def spec(self) -> str:
+        return self.kind if self.key is None else f"{self.kind}@{self.key}={self.value}"
+
+
+def from_env() -> Fault | None:
+    """The fault `JEPA_INJECT_FAILURE` names, or None; a malformed value is bad input."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return None
+    kind, _, condition = text.partition("@")
+    if kind not in KINDS:
+        raise UserInputError(f"{ENV}={text}: unknown fault {kind!r}; known: {', '.join(KINDS)}")
+    if not condition:
+        return Fault(kind)
+    key, sep, value = condition.partition("=")
+    if not sep or not key:
+        raise UserInputError(f"{ENV}={text}: expected {kind}@KEY=VALUE")
+    return Fault(kind, key.strip(), value.strip())

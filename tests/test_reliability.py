@@ -1,0 +1,414 @@
+"""Interrupted sweeps, failing trials, NaN losses and concurrent logging lose nothing.
+
+The slow tests run real sweeps of the embedded demo (Ray, Tune, Train, MLflow on sqlite)
+on a small slice of the digits (20 training and 10 evaluation images per class) and
+read the store afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from jepa import metrics as M
+from jepa.config import TrialConfig
+from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
+from jepa.views import CachedViewPairs
+from sweeps import tracking
+from tests.conftest import ROOT, RUN, run_cli
+
+SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
+TRIAL_METRICS = (M.TRAIN_LOSS, M.PROBE_ACCURACY, M.KNN_ACCURACY, M.EMBEDDING_STD, M.EFFECTIVE_RANK)
+TRIAL_ARTIFACTS = {M.TSNE_ARTIFACT, M.PREDICTOR_ARTIFACT, M.CONFIG_ARTIFACT}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One embedding cache for this module's sweeps (same data, so computed once)."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+# --- without Ray ------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_training_as_diverged():
+    """lr=1e30 sends the weights to inf after one step: a real divergence, no hook."""
+    torch.manual_seed(0)
+    views = CachedViewPairs(torch.randn(64, 2, 16))
+    evalset = EvalSet(
+        torch.randn(64, 16), torch.arange(64) % 4, torch.randn(32, 16), torch.arange(32) % 4
+    )
+    cfg = TrialConfig(lr=1e30, max_epochs=5, batch_size=16, predictor_width=8)
+    result = train_predictor(cfg, views, evalset)
+    assert result.status == STATUS_DIVERGED
+    assert len(result.history) == 1  # stopped early
+    assert not math.isfinite(result.history[0][M.TRAIN_LOSS])
+
+
+def test_logging_waits_out_a_locked_sqlite_store(tmp_path):
+    """Another connection holds sqlite's write lock for longer than MLflow's 20 s busy
+    timeout: a plain MlflowClient fails with "database is locked", ours waits it out."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    experiment_id = tracking.ensure_experiment(uri, "locked")
+    retrying = tracking.client(uri)
+    run_id = retrying.create_run(experiment_id).info.run_id
+    plain = MlflowClient(tracking_uri=uri)
+    outcome: dict[str, object] = {}
+
+    def log(name: str, client, value: float) -> None:
+        try:
+            tracking.log_metrics(client, run_id, {name: value}, step=1)
+            outcome[name] = "logged"
+        except Exception as exc:
+            outcome[name] = str(exc)
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    writers = [
+        threading.Thread(target=log, args=("plain", plain, 1.0)),
+        threading.Thread(target=log, args=("retrying", retrying, 2.0)),
+    ]
+    for w in writers:
+        w.start()
+    time.sleep(25)
+    conn.execute("COMMIT")
+    conn.close()
+    for w in writers:
+        w.join(timeout=120)
+    assert "database is locked" in str(outcome["plain"]), outcome
+    assert outcome["retrying"] == "logged", outcome
+    assert [m.value for m in plain.get_metric_history(run_id, "retrying")] == [2.0]
+
+
+# --- real sweeps --------------------------------------------------------------------------
+
+
+def _flags(sweep_dirs, cache: Path) -> list[str]:
+    """Small data, this test's store and storage, the module's embedding cache."""
+    return [
+        *SMALL,
+        "--tracking-uri",
+        sweep_dirs.tracking_uri,
+        "--storage",
+        str(sweep_dirs.storage),
+        "--cache-dir",
+        str(cache),
+    ]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """The CLI in its own session, as from a terminal (Ctrl-C reaches its process group)."""
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, str(RUN), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _runs(db: Path) -> list[tuple[str, str, str, int, int]]:
+    """(run id, status, role, train_loss points, FINISHED trial) straight from sqlite."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(
+            """select r.run_uuid, r.status, t.value,
+                 (select count(*) from metrics m where m.run_uuid = r.run_uuid
+                  and m.key = 'train_loss')
+               from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'jepa.role'"""
+        ).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def _wait_mid_trial(db: Path, proc: subprocess.Popen, finished: int, timeout: float = 420):
+    """Until `finished` trials are FINISHED and another trial has logged an epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = _runs(db)
+        done = sum(1 for r in runs if r[2] == M.ROLE_TRIAL and r[1] == "FINISHED")
+        mid = [r for r in runs if r[2] == M.ROLE_TRIAL and r[1] == "RUNNING" and r[3] >= 1]
+        if done >= finished and mid:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended before the interruption:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"no trial in mid-training after {timeout}s")
+
+
+def _session_processes(output: str) -> list[int]:
+    """Processes of the Ray session named in the sweep's output (raylet, GCS, workers)."""
+    match = re.search(r"/tmp/ray/(session_[0-9_\-]+)", output)
+    assert match, "the sweep printed no Ray session folder"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and match.group(1).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _experiment_runs(client: MlflowClient, name: str = "jepa-sweeps"):
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def _assert_steps_unique(client: MlflowClient, run) -> None:
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (run.info.run_id, key, steps)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_cache):
+    """Ctrl-C in mid-trial, resume, SIGKILL of the driver in mid-trial, resume again:
+    one parent run throughout, exactly one FINISHED run per trial, the runs cut off
+    KILLED, none RUNNING, no metric step twice, and Tune/Optuna kept their history."""
+    db = sweep_dirs.root / "mlflow.db"
+    args = [
+        "--space",
+        "predictor_width",
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--max-epochs",
+        "4",
+        *_flags(sweep_dirs, shared_cache),
+    ]
+
+    # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it) in the first trial.
+    proc = _start(args)
+    _wait_mid_trial(db, proc, finished=0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "MLflow runs closed as KILLED" in last and "--resume" in last, last
+    assert f"--storage {sweep_dirs.storage}" in last
+    assert not [r for r in _runs(db) if r[1] == "RUNNING"], _runs(db)
+    assert {r[1] for r in _runs(db) if r[2] == M.ROLE_SWEEP} == {"KILLED"}
+    time.sleep(5)  # Ray's agents exit a moment after the raylet
+    assert _session_processes(out) == [], "Ray processes outlived Ctrl-C"
+
+    # 2. Resume; SIGKILL the driver once a trial finished and the next one is training.
+    proc = _start([*args, "--resume"])
+    _wait_mid_trial(db, proc, finished=1)
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    assert "Resuming sweep" in out and "Optuna sampler's history: 1 trials" in out, out[-3000:]
+    assert [r for r in _runs(db) if r[1] == "RUNNING"], "SIGKILL should leave runs RUNNING"
+
+    # 3. Resume again; it finishes.
+    proc = run_cli([*args, "--resume"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 1 when Tune's last periodic save came before the second trial started.
+    assert re.search(r"Optuna sampler's history: [12] trials", proc.stdout), proc.stdout[-3000:]
+
+    client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
+    runs = _experiment_runs(client)
+    by_role: dict[str, list] = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags[M.TAG_ROLE], []).append(run)
+    assert len(by_role[M.ROLE_SWEEP]) == 1
+    parent = by_role[M.ROLE_SWEEP][0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["finished_trials"] == 2 and parent.data.metrics["failed_trials"] == 0
+    assert [r.info.status for r in by_role[M.ROLE_BASELINE]] == ["FINISHED"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    trials = by_role[M.ROLE_TRIAL]
+    finished = Counter(r.data.tags[M.TAG_TRIAL_ID] for r in trials if r.info.status == "FINISHED")
+    assert len(finished) == 2 and set(finished.values()) == {1}, finished
+    killed = [r for r in trials if r.info.status == "KILLED"]
+    assert len(killed) >= 2  # one per interruption
+    assert {r.data.tags[M.TAG_TRIAL_ID] for r in killed} <= set(finished)
+    assert {r.info.status for r in trials} == {"FINISHED", "KILLED"}
+    for run in runs:
+        assert run.data.tags.get("mlflow.parentRunId", parent.info.run_id) == parent.info.run_id
+        _assert_steps_unique(client, run)
+    for run in trials:
+        if run.info.status == "FINISHED":
+            assert set(TRIAL_METRICS) <= set(run.data.metrics)
+            losses = client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)
+            assert sorted(m.step for m in losses) == [1, 2, 3, 4]
+            assert TRIAL_ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    # Tune ran 2 trials in all, and the Optuna study (restored twice) saw both.
+    (experiment_dir,) = [p for p in sweep_dirs.storage.iterdir() if p.name != "_train"]
+    newest = sorted(experiment_dir.glob("searcher-state-*.pkl"))[-1]
+    with open(newest, "rb") as f:
+        searcher = pickle.load(f)
+    assert set(searcher["_ot_trials"]) == set(finished)
+    states = [t.state.name for t in searcher["_ot_study"].trials]
+    assert states == ["COMPLETE"] * 2, states
+
+
+FAILING_SPACE = """\
+description: test space; width 64 fails (injected), lr 1e30 diverges for real
+params:
+  predictor_width:
+    choice: [64, 128]
+  lr:
+    choice: [1.0e-3, 1.0e30]
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory, shared_cache):
+    """One sweep with a failing (injected) trial, a diverging one and a normal one.
+
+    With --seed 6 Optuna samples (64, 1e-3), (128, 1e-3), (128, 1e30); the tests check
+    the precondition from what was logged.
+    """
+    root = tmp_path_factory.mktemp("failing")
+    space = root / "failing.yaml"
+    space.write_text(FAILING_SPACE)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    proc = run_cli(
+        [
+            "--space",
+            str(space),
+            "--num-samples",
+            "3",
+            "--max-concurrent",
+            "2",
+            "--max-epochs",
+            "2",
+            "--max-failures",
+            "1",
+            "--seed",
+            "6",
+            *SMALL,
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(root / "ray_results"),
+            "--cache-dir",
+            str(shared_cache),
+        ],
+        env={"JEPA_INJECT_FAILURE": "trial-raise@predictor_width=64"},
+    )
+    client = MlflowClient(tracking_uri=uri)
+    runs = _experiment_runs(client)
+    trials: dict[str, list] = {}
+    for run in runs:
+        if run.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL:
+            trials.setdefault(run.data.tags[M.TAG_TRIAL_ID], []).append(run)
+    parent = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_SWEEP)
+    kinds = Counter(
+        "fail"
+        if a[0].data.params["predictor_width"] == "64"
+        else "nan"
+        if float(a[0].data.params["lr"]) > 1
+        else "ok"
+        for a in trials.values()
+    )
+    assert kinds == {"fail": 1, "nan": 1, "ok": 1}, f"precondition: sampled {kinds}"
+    return proc, client, trials, parent
+
+
+@pytest.mark.slow
+def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(failing_sweep):
+    proc, client, trials, parent = failing_sweep
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    failing = next(a for a in trials.values() if a[0].data.params["predictor_width"] == "64")
+    # --max-failures 1: two attempts, each its own FAILED run with its traceback.
+    assert sorted(r.data.tags[M.TAG_ATTEMPT] for r in failing) == ["1", "2"]
+    for run in failing:
+        assert run.info.status == "FAILED"
+        path = client.download_artifacts(run.info.run_id, "traceback.txt")
+        assert "InjectedFailure" in Path(path).read_text()
+        _assert_steps_unique(client, run)
+    others = [a for a in trials.values() if a is not failing]
+    assert all([r.info.status for r in a] == ["FINISHED"] for a in others)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["failed_trials"] == 1
+    assert parent.data.metrics["finished_trials"] == 2
+    assert "2 trials finished (1 diverged), 1 failed" in proc.stdout
+    table = proc.stdout[proc.stdout.index("probe_acc") :]
+    assert "failed" in table and "traceback.txt" in table
+
+
+@pytest.mark.slow
+def test_nan_loss_ends_the_trial_early_tagged_diverged(failing_sweep):
+    proc, client, trials, parent = failing_sweep
+    (diverged,) = [
+        a
+        for a in trials.values()
+        if float(a[0].data.params["lr"]) > 1 and a[0].data.params["predictor_width"] == "128"
+    ]
+    (run,) = diverged
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[M.TAG_STATUS] == STATUS_DIVERGED
+    losses = client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)
+    assert [m.step for m in losses] == [1]  # stopped after the first epoch of 2
+    assert math.isnan(losses[0].value)
+    assert M.PROBE_ACCURACY not in run.data.metrics  # nothing to probe
+    assert parent.data.metrics["diverged_trials"] == 1
+    (normal,) = [
+        a
+        for a in trials.values()
+        if float(a[0].data.params["lr"]) < 1 and a[0].data.params["predictor_width"] == "128"
+    ]
+    assert normal[0].data.tags[M.TAG_STATUS] != STATUS_DIVERGED
+    assert M.PROBE_ACCURACY in normal[0].data.metrics
+
+
+@pytest.mark.slow
+def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache):
+    proc = run_cli(
+        [
+            "--space",
+            "predictor_width",
+            "--num-samples",
+            "8",
+            "--max-concurrent",
+            "8",
+            "--cpus-per-worker",
+            "0.25",
+            "--max-epochs",
+            "2",
+            *_flags(sweep_dirs, shared_cache),
+        ]
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "database is locked" not in output
+    assert "8 trials finished (0 diverged), 0 failed" in proc.stdout
+    client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
+    trials = [r for r in _experiment_runs(client) if r.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL]
+    assert len(trials) == 8
+    assert len({r.data.tags[M.TAG_TRIAL_ID] for r in trials}) == 8
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert set(TRIAL_METRICS) <= set(run.data.metrics)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)]
+        assert steps == [1, 2]
+        assert TRIAL_ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "predictor_width" in run.data.params
