@@ -269,8 +269,6 @@ def resolve_paths(args: argparse.Namespace) -> tuple[str, Path | None, str, list
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
         raise UserInputError(f"--checkpoint {checkpoint}: no such file")
-    if checkpoint is not None:
-        check_checkpoint(checkpoint)
     if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
         checkpoint = DEFAULT_CHECKPOINT
     backbone = args.backbone
@@ -297,43 +295,6 @@ def resolve_paths(args: argparse.Namespace) -> tuple[str, Path | None, str, list
     if data != "digits":
         check_data_layout(Path(data))
     return backbone, checkpoint, data, reasons
-
-
-# The legacy (pre-zip) torch.save format starts with this pickled magic number.
-_LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
-
-
-def check_checkpoint(path: Path) -> None:
-    """Cheap check that `path` is a PyTorch checkpoint that loads with weights_only=True.
-
-    A zip-format file is loaded memory-mapped (the tensors are not read, so a 2.5 GB
-    ViT-H file costs a second); a legacy-format file must at least start like one.
-    Loading its weights into the backbone is `jepa.backbones`' business.
-    """
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
-        if head == _LEGACY_TORCH_MAGIC:
-            return
-        raise UserInputError(
-            f"--checkpoint {path}: not a PyTorch checkpoint (neither torch.save's zip nor its "
-            "legacy format); give the I-JEPA .pth.tar file"
-        )
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserInputError(
-            f"--checkpoint {path}: torch.load(weights_only=True) cannot read it ({first})"
-        ) from None
-    if not isinstance(state, dict):
-        raise UserInputError(
-            f"--checkpoint {path}: holds a {type(state).__name__}, not a dict of state dicts"
-        )
 
 
 TINY_IMAGENET_ENTRIES = ("wnids.txt", "train", "val")

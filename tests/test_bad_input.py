@@ -120,7 +120,7 @@ def test_file_that_is_not_a_checkpoint(call, sweep_dirs, tmp_path):
     fake = tmp_path / "fake.pth.tar"
     fake.write_bytes(os.urandom(4096))
     code, err, _ = call("--checkpoint", str(fake))
-    _assert_one_line(code, err, str(fake), "not a PyTorch checkpoint")
+    _assert_one_line(code, err, str(fake), "not a readable PyTorch file")
     _no_runs(sweep_dirs)
 
 
@@ -131,7 +131,7 @@ def test_zip_that_is_not_a_checkpoint(call, sweep_dirs, tmp_path):
     with zipfile.ZipFile(fake, "w") as z:
         z.writestr("readme.txt", "not a checkpoint")
     code, err, _ = call("--checkpoint", str(fake))
-    _assert_one_line(code, err, str(fake), "torch.load(weights_only=True) cannot read it")
+    _assert_one_line(code, err, str(fake), "a zip archive", "but not a checkpoint")
     _no_runs(sweep_dirs)
 
 

@@ -21,6 +21,12 @@ FLAGS = [
     "--resume",
     "--seed",
     "--list-spaces",
+    "--encoder",
+    "--arch",
+    "--max-failures",
+    "--feature-cache",
+    "--views",
+    "--cache-dir",
 ]
 
 
