@@ -21,3 +21,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest
+
+# The MLflow UI over the embedded store, on 127.0.0.1 (HOST=..., PORT=... to change);
+# mlflow/serve.sh and mlflow/README.md say more.
+mlflow-ui: $(VENV)/.installed
+	MLFLOW=$(VENV)/bin/mlflow mlflow/serve.sh start
+
+mlflow-ui-stop:
+	mlflow/serve.sh stop
