@@ -51,7 +51,7 @@ def ui_command(uri: str) -> str:
         return f"{script} start"
     # Another local store: the script takes its URI; a sqlite store's artifacts are the
     # "artifacts" folder beside the file, as ensure_experiment creates them.
-    return f"STORE_URI={shlex.quote(uri)} {script} start"
+    return f"MLFLOW_UI_STORE={shlex.quote(uri)} {script} start"
 
 
 def client(uri: str):

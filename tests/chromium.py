@@ -74,10 +74,10 @@ def browser_context(profile_dir: Path) -> Iterator:
             context.close()
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, full_page: bool = False) -> Path:
     """Save a PNG of what the page shows now under test-output/; returns its path."""
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / name
     page.mouse.move(0, VIEWPORT["height"] - 1)  # no hover tooltip over the content
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=full_page)
     return path
