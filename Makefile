@@ -21,3 +21,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest
+
+# The MLflow UI over the embedded store on http://127.0.0.1:5000 (MLFLOW_UI_PORT=... to
+# change); mlflow/README.md says more. mlflow-ui-stop ends all the server's processes.
+mlflow-ui: $(VENV)/.installed
+	MLFLOW_UI_BIN=$(VENV)/bin/mlflow mlflow/serve.sh start
+
+mlflow-ui-stop:
+	mlflow/serve.sh stop

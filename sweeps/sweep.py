@@ -27,6 +27,7 @@ from sweeps.spaces import SearchSpace
 from sweeps.trial import SweepContext, run_trial
 
 NAMESPACE = "jepa-sweeps"
+# Where Ray 2.5x+ keeps the token of a local cluster (RAY_AUTH_TOKEN_PATH overrides it).
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
@@ -537,16 +538,28 @@ def _init_ray(opts: SweepOptions) -> bool:
         dashboard_host="127.0.0.1",  # never a public interface by default
         log_to_driver=True,
     )
-    url = context.dashboard_url or "(dashboard not running)"
-    print(
-        f"Ray dashboard: http://{url}"
-        if url and not url.startswith("http")
-        else f"Ray dashboard: {url}"
-    )
-    if TOKEN_PATH.exists():
-        print(f"  it asks for the token in {TOKEN_PATH} (cat it and paste it in the login box)")
+    url = context.dashboard_url
+    if url:
+        print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
+        print(f"  {_token_hint()}")
+    else:
+        print("Ray dashboard: not running (ray[default] missing?)")
     print(f"MLflow UI: {tracking.ui_command(opts.tracking_uri)}")
     return True
+
+
+def _token_hint() -> str:
+    """How to get past the dashboard's "Authentication Token Required" dialog."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return f"token authentication is off (RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']})"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the RAY_AUTH_TOKEN environment variable"
+    else:
+        where = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(TOKEN_PATH)
+    return (
+        f"it asks for the token in {where}: paste it into the Authentication Token box "
+        "(`ray get-auth-token` prints it)"
+    )
 
 
 def _check_gpus(opts: SweepOptions) -> None:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import random
+import shlex
 import tempfile
 import time
 import traceback
@@ -28,6 +29,7 @@ STORE_DIR = PROJECT_ROOT / "mlflow"
 DEFAULT_DB = STORE_DIR / "mlflow.db"
 DEFAULT_ARTIFACTS = STORE_DIR / "artifacts"
 DEFAULT_EXPERIMENT = "jepa-sweeps"
+SERVE_SCRIPT = STORE_DIR / "serve.sh"
 # One log_batch call takes at most this many metrics (MLflow's own limit is 1000).
 BATCH = 900
 # How long a call keeps retrying while the sqlite store is locked.
@@ -49,14 +51,19 @@ def is_local_store(uri: str) -> bool:
 
 
 def ui_command(uri: str) -> str:
-    """The one command that serves the MLflow UI over this store on 127.0.0.1."""
+    """The one command that serves the MLflow UI over this store on 127.0.0.1.
+
+    It is `mlflow/serve.sh start` (README, "Compare trials"): the script passes the store
+    and its artifact folder to `mlflow server` and can stop all its processes again.
+    """
     if uri.startswith("http"):
         return f"open {uri}"
-    artifacts = DEFAULT_ARTIFACTS if uri == f"sqlite:///{DEFAULT_DB}" else None
-    parts = ["mlflow ui --host 127.0.0.1 --port 5000", f"--backend-store-uri {uri}"]
-    if artifacts:
-        parts.append(f"--default-artifact-root {artifacts}")
-    return " ".join(parts)
+    script = SERVE_SCRIPT.relative_to(PROJECT_ROOT) if Path.cwd() == PROJECT_ROOT else SERVE_SCRIPT
+    if uri == f"sqlite:///{DEFAULT_DB}":
+        return f"{script} start"
+    # Another local store: the script takes its URI; a sqlite store's artifacts are the
+    # "artifacts" folder beside the file, as ensure_experiment creates them.
+    return f"MLFLOW_UI_STORE={shlex.quote(uri)} {script} start"
 
 
 def client(uri: str) -> RetryingClient:

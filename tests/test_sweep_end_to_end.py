@@ -27,7 +27,7 @@ def test_two_trial_sweep_logs_the_contract(sweep_dirs):
     out = proc.stdout
     assert "Running the embedded demo" in out
     assert "Ray dashboard: http://127.0.0.1:" in out and "auth_token" in out
-    assert "mlflow ui --host 127.0.0.1" in out
+    assert "mlflow/serve.sh start" in out  # the MLflow UI command (README, "Compare trials")
     assert "baseline" in out and "Best:" in out
 
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
