@@ -22,7 +22,12 @@ TAG_DATASET = "jepa.dataset"
 TAG_STATUS = "jepa.status"
 TAG_TRIAL_ID = "jepa.trial_id"
 TAG_ATTEMPT = "jepa.attempt"  # 1, 2, ...: a trial retried after a failure gets a new run
+# Where rank 0 of the trial's Ray Train workers ran: "HOST (IP) node ID12" for people,
+# and the parts on their own for searches (`tags."jepa.node_id" = '...'`).
 TAG_NODE = "jepa.node"
+TAG_NODE_ID = "jepa.node_id"
+TAG_NODE_IP = "jepa.node_ip"
+TAG_HOST = "jepa.host"
 TAG_SWEEP_NAME = "jepa.sweep"
 
 # Artifact names.

@@ -84,13 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
-        "sqlite:///<project>/mlflow/mlflow.db)",
+        help="MLflow tracking URI, e.g. a team server http://HOST:5000 that every Ray node "
+        "reaches (default: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow/mlflow.db)",
     )
     track.add_argument(
         "--storage",
         default=str(DEFAULT_STORAGE),
-        help="Ray Tune storage: results, checkpoints, state for --resume",
+        help="Ray Tune storage: results, checkpoints, state for --resume; on a cluster a "
+        "folder every node shares, or a URI Ray Tune supports (s3://, gs://, file://)",
     )
     track.add_argument(
         "--resume",
@@ -101,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address, ray://HOST:PORT or auto (default: "
-        "RAY_ADDRESS, else a new local cluster)",
+        help="existing Ray cluster: auto (the one on this machine), HOST:6379 (its GCS), or "
+        "ray://HOST:10001 (Ray Client) (default: RAY_ADDRESS, else a new local cluster)",
     )
     cluster.add_argument(
         "--workers-per-trial",

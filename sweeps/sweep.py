@@ -31,6 +31,24 @@ NAMESPACE = "jepa-sweeps"
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Settings every process of the sweep needs. On a cluster the sweep did not start, the
+# processes on other nodes do not inherit the driver's environment: they get these
+# through the job's runtime env.
+JOB_ENV = {
+    # Rank 0 reports probe_accuracy only after the last epoch (see `_sweep`).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+# Read by MlflowClient in the trials when the tracking server asks for credentials
+# (`mlflow server --app-name basic-auth`) or uses TLS; forwarded when the driver has them.
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
 
 
 @dataclass
@@ -116,7 +134,8 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         scheduler=args.scheduler,
         feature_cache=args.feature_cache == "on",
         views=args.views,
-        cache_dir=args.cache_dir,
+        # Absolute: the cache actor's working directory is not the user's.
+        cache_dir=str(Path(args.cache_dir).resolve()),
         resume=args.resume,
         max_failures=args.max_failures,
     )
@@ -295,7 +314,7 @@ def _sweep(
         run_params=run_params,
         cache_actor=cache_name,
         namespace=NAMESPACE,
-        storage_path=str(Path(opts.storage).resolve()),
+        storage_path=storage_path(opts.storage),
         feature_cache=opts.feature_cache,
         workers_per_trial=opts.workers_per_trial,
         gpus_per_trial=opts.gpus_per_trial,
@@ -355,7 +374,7 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
-            storage_path=str(Path(opts.storage).resolve()),
+            storage_path=storage_path(opts.storage),
             verbose=1,
             # A trial that raises runs again (a new MLflow run each attempt), then counts
             # as failed; the sweep goes on either way.
@@ -518,19 +537,13 @@ def _fmt(value: Any, sign: bool = False) -> str:
 
 
 def _init_ray(opts: SweepOptions) -> bool:
-    """Connect to `--address` or start a local cluster; True when we started it."""
+    """Connect to `--address` or start a local cluster; True when we called ray.init."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return False
     if opts.address:
-        try:
-            ray.init(address=opts.address, namespace=NAMESPACE, log_to_driver=True)
-        except Exception as exc:
-            raise UserInputError(
-                f"cannot connect to the Ray cluster at {opts.address}: "
-                f"{str(exc).strip().splitlines()[0][:200]}; check --address / RAY_ADDRESS"
-            ) from None
-        print(f"Ray: connected to {opts.address}")
+        _connect(opts.address)
+        print(f"MLflow: {tracking.ui_command(opts.tracking_uri)}")
         return True
     context = ray.init(
         namespace=NAMESPACE,
@@ -562,6 +575,60 @@ def _token_hint() -> str:
     )
 
 
+def _connect(address: str) -> None:
+    """Join an existing cluster (`auto`, HOST:PORT, or ray://HOST:PORT through Ray Client)
+    and say which nodes the trials can run on."""
+    try:
+        ray.init(address=address, namespace=NAMESPACE, runtime_env=job_runtime_env())
+    except Exception as exc:
+        # Ray sends its token only when told to, never on its own to a given address, and
+        # a cluster that wants one answers a client without it by timing out.
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put "
+                f"its token in {TOKEN_PATH} (or RAY_AUTH_TOKEN)"
+            )
+        raise UserInputError(
+            f"cannot connect to the Ray cluster at {address}: "
+            f"{str(exc).strip().splitlines()[0][:200]}; check --address / RAY_ADDRESS{hint}"
+        ) from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    print(f"Ray: connected to {address}, {len(nodes)} node(s):")
+    for node in nodes:
+        print(f"  {describe_node(node)}")
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of a sweep on a cluster it did not start.
+
+    `py_modules` ships this checkout's `jepa/` and `sweeps/` to every node, so the
+    trials run the code the driver runs (the nodes need only the dependencies); the
+    env vars carry `JOB_ENV` and the MLflow credentials of `FORWARDED_ENV`. Anyone who
+    can see the job's runtime env (the cluster's token holders) can read those.
+    """
+    env_vars = dict(JOB_ENV)
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    return {
+        "py_modules": [str(PROJECT_ROOT / "jepa"), str(PROJECT_ROOT / "sweeps")],
+        "env_vars": env_vars,
+    }
+
+
+def describe_node(node: dict[str, Any]) -> str:
+    """One line for a `ray.nodes()` entry: id, IP, CPUs, GPUs and custom resources."""
+    res = node.get("Resources", {})
+    builtin = {"CPU", "GPU", "memory", "object_store_memory"}
+    custom = sorted(
+        k for k in res if k not in builtin and not k.startswith(("node:", "accelerator_type:"))
+    )
+    return (
+        f"node {node['NodeID'][:12]} {node.get('NodeManagerAddress', '?')} "
+        f"CPU {res.get('CPU', 0):g} GPU {res.get('GPU', 0):g}"
+        + (f" {' '.join(custom)}" if custom else "")
+    )
+
+
 def _check_gpus(opts: SweepOptions) -> None:
     if opts.gpus_per_trial > 0:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -581,10 +648,16 @@ def _default_concurrency(opts: SweepOptions) -> int:
     return max(1, slots)
 
 
+def storage_path(storage: str) -> str:
+    """What Ray Tune gets as `storage_path`: a URI it supports (s3://, gs://, file://...)
+    as given, else the folder made absolute (it must be shared by all nodes)."""
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
 def _check_writable(path: str, flag: str) -> None:
     """Fail early, before any run exists, when a folder cannot be created or written."""
     if "://" in path:
-        return  # an object-store URI; Ray Tune checks it
+        return  # an object-store URI: Ray Tune checks it when it writes there
     target = Path(path)
     try:
         target.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ logs the probe accuracy, the t-SNE picture and the weights.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,6 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             M.TAG_TRIAL_ID: trial_id,
             M.TAG_ATTEMPT: earlier.count + 1,
             M.TAG_SWEEP_NAME: ctx.sweep_name,
-            M.TAG_NODE: ray.get_runtime_context().get_node_id(),
             **ctx.run_tags,
         },
     )
@@ -130,6 +130,18 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 def _logged_result(run) -> dict[str, Any]:
     """What a finished trial reported to Tune, read back from its MLflow run."""
     return {**run.data.metrics, M.TAG_STATUS: run.data.tags.get(M.TAG_STATUS, "?")}
+def node_tags() -> dict[str, str]:
+    """Where this process runs: host name, node IP and Ray node id. Several Ray nodes can
+    share one host and IP (as in the tests); the node id tells them apart."""
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = ray.util.get_node_ip_address()
+    host = socket.gethostname()
+    return {
+        M.TAG_NODE: f"{host} ({ip}) node {node_id[:12]}",
+        M.TAG_NODE_ID: node_id,
+        M.TAG_NODE_IP: ip,
+        M.TAG_HOST: host,
+    }
 
 
 def _worker_resources(ctx: SweepContext) -> dict[str, float]:
@@ -150,6 +162,10 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = TrialConfig.from_dict(config["cfg"])
     client = tracking.client(config["tracking_uri"]) if rank == 0 else None
     run_id = config["run_id"]
+    if rank == 0:
+        # Tagged here, not by the trial's driver: the driver reserves no CPU and may sit
+        # on any node; the node that trains is the one that matters.
+        tracking.set_tags(client, run_id, node_tags())
 
     data = ray.get(config["data"][0])
     if config["feature_cache"]:
