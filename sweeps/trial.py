@@ -130,6 +130,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 def _logged_result(run) -> dict[str, Any]:
     """What a finished trial reported to Tune, read back from its MLflow run."""
     return {**run.data.metrics, M.TAG_STATUS: run.data.tags.get(M.TAG_STATUS, "?")}
+
+
 def node_tags() -> dict[str, str]:
     """Where this process runs: host name, node IP and Ray node id. Several Ray nodes can
     share one host and IP (as in the tests); the node id tells them apart."""
