@@ -1,14 +1,17 @@
 """Training a predictor on pairs of views: a function that returns its metrics.
 
 A Tune trial (through Ray Train workers), a test and `python -m jepa.train` all call
-`train_predictor`.
+`train_predictor`. `python -m jepa.train --help` trains one configuration without a
+sweep and logs it to MLflow like a trial (the wiring is in `sweeps/single.py`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -174,3 +177,27 @@ def train_predictor(
             break
     result.backbone_images = views.backbone_images
     return result
+
+
+def save_predictor(predictor: HierarchicalPredictor, cfg: TrialConfig, path: str | Path) -> Path:
+    """Write `predictor.pt`: {"state_dict", "config" (the TrialConfig as a dict), "dim"}.
+
+    Only tensors and plain values, so that `jepa.evaluate.load_predictor` reads it with
+    `torch.load(weights_only=True)`. The objective's extra parts (prediction head, EMA
+    target) are not saved: as in SimSiam and BYOL, only the trained network is kept.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in predictor.state_dict().items()}
+    torch.save({"state_dict": state, "config": cfg.to_dict(), "dim": predictor.dim}, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jepa.train`: one configuration, no sweep, logged like a trial."""
+    from sweeps.single import train_main
+
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
