@@ -1,15 +1,27 @@
-"""Final evaluation of a representation: probe, kNN, collapse metrics, t-SNE picture."""
+"""Final evaluation of a representation: probe, kNN, collapse metrics, t-SNE picture.
+
+`python -m jepa.evaluate --run-id ID` loads the predictor a run logged and recomputes
+its probe and t-SNE picture (the wiring is in `sweeps/single.py`).
+"""
 
 from __future__ import annotations
 
+import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from jepa import metrics as M
-from jepa.features import FeatureBank
+from jepa.augment import clean_transform
+from jepa.backbones import FrozenBackbone
+from jepa.config import TrialConfig
+from jepa.data import ImageDataset
+from jepa.errors import UserInputError
+from jepa.features import FeatureBank, embed_images
 from jepa.plots import save_tsne_picture
+from jepa.predictor import HierarchicalPredictor
 from jepa.probe import collapse_metrics, knn_accuracy, linear_probe
 
 
@@ -47,3 +59,54 @@ def evaluate_representation(
             seed=seed,
         )
     return out
+
+
+def load_predictor(path: str | Path) -> tuple[HierarchicalPredictor, TrialConfig]:
+    """Read a `predictor.pt` written by `jepa.train.save_predictor`, safely
+    (`torch.load(weights_only=True)`); a file of another form is a `UserInputError`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = TrialConfig.from_dict(payload["config"])
+        predictor = HierarchicalPredictor(int(payload["dim"]), cfg.predictor_width, cfg.depth)
+        predictor.load_state_dict(payload["state_dict"])
+    except (
+        KeyError,
+        TypeError,
+        RuntimeError,
+        OSError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as exc:
+        raise UserInputError(
+            f"{path} is not a predictor.pt written by this platform ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
+        ) from None
+    return predictor.eval(), cfg
+
+
+def clean_bank(
+    backbone: FrozenBackbone, dataset: ImageDataset, device: str | torch.device = "cpu"
+) -> FeatureBank:
+    """The clean embeddings of both splits (no augmented views), [N, D] and [M, D]:
+    everything `evaluate_representation` needs. The clean transform is deterministic, so
+    these equal the ones the run was evaluated on."""
+    clean = clean_transform(backbone.image_size)
+    return FeatureBank(
+        views=torch.empty(len(dataset.train_images), 0, backbone.embed_dim),
+        train_clean=embed_images(backbone, dataset.train_images, clean, device=device),
+        train_labels=dataset.train_labels.clone(),
+        eval_clean=embed_images(backbone, dataset.eval_images, clean, device=device),
+        eval_labels=dataset.eval_labels.clone(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jepa.evaluate --run-id ID`: recompute a logged run's probe and t-SNE."""
+    from sweeps.single import evaluate_main
+
+    return evaluate_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

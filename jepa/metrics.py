@@ -5,6 +5,11 @@ PROBE_ACCURACY = "probe_accuracy"
 KNN_ACCURACY = "knn_accuracy"
 EMBEDDING_STD = "embedding_std"
 EFFECTIVE_RANK = "effective_rank"
+# The output's embedding_std over the raw backbone's (the collapse rule's first sign),
+# and the backbone's own values the rule compares against (see jepa.train).
+EMBEDDING_STD_RATIO = "embedding_std_ratio"
+BACKBONE_EMBEDDING_STD = "backbone_embedding_std"
+BACKBONE_EFFECTIVE_RANK = "backbone_effective_rank"
 PROBE_LIFT = "probe_lift"
 EPOCH = "epoch"
 
@@ -29,6 +34,8 @@ TAG_NODE_ID = "jepa.node_id"
 TAG_NODE_IP = "jepa.node_ip"
 TAG_HOST = "jepa.host"
 TAG_SWEEP_NAME = "jepa.sweep"
+# "true" on a trial-like run made by `python -m jepa.train` outside any sweep.
+TAG_SINGLE = "jepa.single"
 
 # Artifact names.
 TSNE_ARTIFACT = "tsne_embeddings.png"

@@ -97,17 +97,24 @@ def knn_accuracy(
 
 
 def collapse_metrics(z: torch.Tensor) -> tuple[float, float]:
-    """(embedding_std, effective_rank) of embeddings z [N, D].
+    """(embedding_std, effective_rank) of embeddings z [N, D], on their L2-normalised rows.
 
     embedding_std: std over samples of the L2-normalised embeddings, averaged over
-    dimensions (SimSiam, Chen & He 2021, sec. 4.1): ~1/sqrt(D) when spread out, 0 when
-    collapsed. effective_rank: exp of the entropy of the normalised singular values
-    (RankMe, Garrido et al. 2023): between 1 (collapsed) and min(N, D).
+    dimensions (SimSiam, Chen & He 2021, sec. 4.1): ~1/sqrt(D) when spread over the
+    sphere, 0 when every output is the same vector. It does not depend on the mean.
+
+    effective_rank: exp of the entropy of the normalised singular values (RankMe,
+    Garrido et al. 2023) of the *centred* normalised embeddings, i.e. how many directions
+    the variation between samples spans (1 .. min(N - 1, D)), as in the covariance
+    spectrum of Jing et al. 2022 ("dimensional collapse"). Centred because a backbone's
+    features often share one large mean direction: the demo's random ViT has a mean
+    cosine of 0.98 between images, so the uncentred spectrum is ~70% that one direction
+    (uncentred rank 4.2) although its variation spans ~20 directions (centred rank).
     """
     z = F.normalize(torch.as_tensor(z, dtype=torch.float32), dim=1)
     std = float(z.std(dim=0).mean())
-    s = torch.linalg.svdvals(z)
-    p = s / s.sum() + 1e-12
+    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    p = s / s.sum().clamp_min(1e-30) + 1e-12
     rank = float(torch.exp(-(p * p.log()).sum()))
     return std, rank
 

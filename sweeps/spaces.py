@@ -46,6 +46,17 @@ class SearchSpace:
         """The Tune domains OptunaSearch samples from."""
         return {name: _domain(dist, args) for name, (dist, args) in self.params.items()}
 
+    def coverage_points(self, limit: int) -> list[dict[str, Any]]:
+        """First trials that try every level of every `choice` parameter at least once.
+
+        Point i sets each choice parameter to its level i mod (number of levels); the
+        sampler fills in the other parameters. Without them a sweep of the 4 objectives
+        with Optuna's seed 0 samples only 3 of them in 8 trials. At most `limit` points.
+        """
+        choices = {k: args for k, (dist, args) in self.params.items() if dist == "choice"}
+        count = min(limit, max((len(v) for v in choices.values()), default=0))
+        return [{k: v[i % len(v)] for k, v in choices.items()} for i in range(count)]
+
     def levels(self, key: str) -> list[Any] | None:
         """The values a `choice` parameter takes, or None when `key` is not a choice."""
         dist, args = self.params.get(key, (None, None))

@@ -24,6 +24,7 @@ from sweeps.cli import check_cluster, load_space_arg, resolve_paths
 from sweeps.feature_cache import FeatureCacheActor
 from sweeps.search import FinalMetricOptunaSearch
 from sweeps.spaces import SearchSpace
+from sweeps.summary import log_sweep_summary
 from sweeps.trial import SweepContext, run_trial
 
 NAMESPACE = "jepa-sweeps"
@@ -355,6 +356,13 @@ def _sweep(
     summary = _summarise(rows, baseline, parent_id, backbone_images)
     _log_summary(client, parent_id, summary)
     print_table(summary, opts.space)
+    report = log_sweep_summary(
+        client, experiment_id, parent_id, opts.space, summary.baseline_probe_accuracy
+    )
+    print(
+        f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
+        f"{report.importances or report.importance_note}"
+    )
     return summary
 
 
@@ -366,7 +374,10 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
         param_space=opts.space.tune_space(),
         tune_config=tune.TuneConfig(
             search_alg=FinalMetricOptunaSearch(
-                metric=M.SEARCH_METRIC, mode=M.SEARCH_MODE, seed=opts.seed
+                metric=M.SEARCH_METRIC,
+                mode=M.SEARCH_MODE,
+                seed=opts.seed,
+                points_to_evaluate=opts.space.coverage_points(opts.num_samples),
             ),
             scheduler=scheduler,
             num_samples=opts.num_samples,

@@ -39,6 +39,21 @@ def test_collapse_metrics_tell_spread_from_collapsed():
     spread = torch.randn(500, 64)
     std, rank = collapse_metrics(spread)
     assert std == pytest.approx(1 / 8, rel=0.1) and rank > 40
+    # Complete collapse: every output (nearly) the same vector. The std sees it; the
+    # centred rank only sees the shape of the tiny remainder, so it is not asserted.
     collapsed = torch.ones(500, 64) + 1e-6 * torch.randn(500, 64)
-    std_c, rank_c = collapse_metrics(collapsed)
-    assert std_c < 1e-4 and rank_c < 1.5
+    std_c, _ = collapse_metrics(collapsed)
+    assert std_c < 1e-4
+    # Dimensional collapse: the outputs vary along one direction only.
+    line = torch.randn(500, 1) * torch.randn(1, 64) + 1e-4 * torch.randn(500, 64)
+    _, rank_d = collapse_metrics(line)
+    assert rank_d < 1.5
+
+
+def test_effective_rank_ignores_a_shared_mean_direction():
+    # Anisotropic features (a large common mean, as the demo's random ViT gives) vary
+    # along as many directions as the same features without the mean.
+    spread = torch.randn(500, 64)
+    _, rank = collapse_metrics(spread)
+    _, rank_shifted = collapse_metrics(spread + 20.0)
+    assert rank_shifted == pytest.approx(rank, rel=0.2)

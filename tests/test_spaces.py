@@ -60,3 +60,16 @@ def test_unknown_space_lists_known_ones():
 
 def test_spaces_dir_is_at_project_root():
     assert SPACES_DIR.name == "search_spaces" and (SPACES_DIR / "full.yaml").is_file()
+
+
+def test_coverage_points_try_every_level_of_every_choice():
+    space = load_space("objective")
+    points = space.coverage_points(limit=8)
+    assert sorted(p["objective"] for p in points) == sorted(space.levels("objective"))
+    full = load_space("full")
+    points = full.coverage_points(limit=8)
+    for key in ("predictor_width", "depth", "aug_strength"):
+        assert {p[key] for p in points} == set(full.levels(key))
+    assert all("lr" not in p for p in points)  # left to the sampler
+    assert len(full.coverage_points(limit=2)) == 2
+    assert load_space("learning_rate").coverage_points(limit=8) == []
