@@ -78,9 +78,11 @@ class Sweep:
 
 @pytest.fixture
 def sweep(sweep_dirs) -> Sweep:
-    # Epochs enough to keep the trials alive while the test looks; it stops the sweep then.
-    args = ["--space", "predictor_width", "--num-samples", str(TRIALS), "--max-epochs", "200"]
-    running = Sweep([*args, "--views", "2", *sweep_dirs.flags()], sweep_dirs.root / "sweep.log")
+    # Few images, so the embedding cache is soon ready and the trials start; epochs enough
+    # to keep them alive while the test looks (it stops the sweep then).
+    args = ["--space", "predictor_width", "--num-samples", str(TRIALS), "--max-epochs", "1000"]
+    data = ["--images-per-class", "30", "--eval-per-class", "20", "--views", "2"]
+    running = Sweep([*args, *data, *sweep_dirs.flags()], sweep_dirs.root / "sweep.log")
     try:
         yield running
     finally:
