@@ -44,7 +44,7 @@ def sweep_dirs(tmp_path: Path) -> SweepDirs:
 
 
 def run_cli(
-    args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path | None = None
+    args: list[str], timeout: float = 1200, env: dict | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run `python sweeps/run.py ARGS` in a fresh process; returns the completed process."""
     full_env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", **(env or {})}
