@@ -293,22 +293,7 @@ def resolve_paths(args: argparse.Namespace) -> tuple[str, Path | None, str, list
         raise UserInputError(
             f"--data {data}: no such folder; give a Tiny-ImageNet-200 folder or 'digits'"
         )
-    if data != "digits":
-        check_data_layout(Path(data))
     return backbone, checkpoint, data, reasons
-
-
-TINY_IMAGENET_ENTRIES = ("wnids.txt", "train", "val")
-
-
-def check_data_layout(folder: Path) -> None:
-    """A Tiny-ImageNet-200 folder has wnids.txt, train/ and val/ (the official zip's layout)."""
-    missing = [name for name in TINY_IMAGENET_ENTRIES if not (folder / name).exists()]
-    if missing:
-        raise UserInputError(
-            f"--data {folder}: not a Tiny-ImageNet-200 folder (no {', '.join(missing)}); "
-            "unzip tiny-imagenet-200.zip and give its tiny-imagenet-200 folder, or --data digits"
-        )
 
 
 def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float = 5.0) -> None:
