@@ -15,19 +15,27 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from jepa.augment import clean_transform, view_transform
-from jepa.backbones import FrozenBackbone
-from jepa.data import ImageDataset
+if TYPE_CHECKING:  # imported where used: a trial reading a bank needs neither timm nor
+    # torchvision, and importing them costs a trial's process seconds
+    from jepa.backbones import FrozenBackbone
+    from jepa.batch_augment import BatchViews
+    from jepa.data import ImageDataset
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS = 8
-FORMAT_VERSION = 1
+# 2: on the CPU, views are made a block at a time (`BatchViews`): same recipe, other draws.
+FORMAT_VERSION = 2
+# Images per block of batched views on the CPU; a constant, so the views depend on the
+# seed only.
+VIEW_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -155,30 +163,68 @@ def compute_bank(
     seed: int,
     device: str | torch.device = "cpu",
 ) -> FeatureBank:
-    """Embed V views of each training image and one clean view of every image."""
+    """Embed V views of each training image and one clean view of every image (V = 0:
+    the clean views only).
+
+    The views depend on `seed` only. On the CPU they are made a block of images at a
+    time (`BatchViews`: `jepa.augment`'s recipe, ~5x faster than image by image); on a
+    GPU, where the backbone dominates, by `embed_images`.
+    """
+    from jepa.augment import clean_transform, view_transform
+    from jepa.batch_augment import BatchViews
+
     size = backbone.image_size
+    batched = torch.device(device).type == "cpu"
     clean = clean_transform(size)
+    augment = view_transform(aug_strength, size)
+    if batched:
+        clean, augment = BatchViews(clean), BatchViews(augment)
+    embed = embed_views if batched else embed_images
     views = []
     with torch.random.fork_rng(devices=[]):
         # The views depend on the seed only, not on what ran before in this process.
         torch.manual_seed(seed)
-        augment = view_transform(aug_strength, size)
         for v in range(n_views):
             label = f"views (aug_strength={aug_strength}) {v + 1}/{n_views}"
             views.append(
-                embed_images(backbone, dataset.train_images, augment, device=device, progress=label)
+                embed(backbone, dataset.train_images, augment, device=device, progress=label)
             )
+    n, dim = len(dataset.train_images), backbone.embed_dim
     return FeatureBank(
-        views=torch.stack(views, dim=1),
-        train_clean=embed_images(
+        views=torch.stack(views, dim=1) if views else torch.empty(n, 0, dim),
+        train_clean=embed(
             backbone, dataset.train_images, clean, device=device, progress="clean train"
         ),
         train_labels=dataset.train_labels.clone(),
-        eval_clean=embed_images(
+        eval_clean=embed(
             backbone, dataset.eval_images, clean, device=device, progress="clean eval"
         ),
         eval_labels=dataset.eval_labels.clone(),
     )
+
+
+@torch.no_grad()
+def embed_views(
+    backbone: FrozenBackbone,
+    images: torch.Tensor,
+    views: BatchViews,
+    device: str | torch.device = "cpu",
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Views of images uint8 [N, 3, h, w], made `VIEW_BLOCK` images at a time, through
+    the backbone: float32 [N, D]. On a GPU the forward runs in bf16 autocast."""
+    device = torch.device(device)
+    backbone.to(device)
+    out = []
+    last_print = time.monotonic()
+    for start in range(0, len(images), VIEW_BLOCK):
+        batch = views(images[start : start + VIEW_BLOCK])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(backbone.embed(batch.to(device)).float().cpu())
+        if progress and time.monotonic() - last_print > 10:
+            last_print = time.monotonic()
+            print(f"{progress}: {start + len(batch)}/{len(images)} images", flush=True)
+    return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
 
 
 class FeatureStore:
@@ -208,6 +254,17 @@ class FeatureStore:
             data_path.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
             return None
+
+    def get_or_compute(
+        self, key: FeatureKey, compute: Callable[[], FeatureBank]
+    ) -> tuple[FeatureBank, bool]:
+        """(bank, computed): the stored bank, or `compute()`'s, saved for next time."""
+        bank = self.load(key)
+        if bank is not None:
+            return bank, False
+        bank = compute()
+        self.save(key, bank)
+        return bank, True
 
     def save(self, key: FeatureKey, bank: FeatureBank) -> Path:
         """Write atomically: a reader sees the old state or the whole new file."""

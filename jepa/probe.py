@@ -10,12 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 HELDOUT_FRACTION = 0.2
+# L-BFGS stopping rule, as scikit-learn's lbfgs solver: max |gradient| of the mean loss
+# below PROBE_TOL, or PROBE_MAX_ITER iterations.
+PROBE_TOL = 1e-4
+PROBE_MAX_ITER = 300
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,23 @@ class ProbeResult:
 
 
 def linear_probe(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    eval_x: np.ndarray,
-    eval_y: np.ndarray,
+    train_x: np.ndarray | torch.Tensor,
+    train_y: np.ndarray | torch.Tensor,
+    eval_x: np.ndarray | torch.Tensor,
+    eval_y: np.ndarray | torch.Tensor,
     seed: int = 0,
     c_grid: tuple[float, ...] = PROBE_C_GRID,
 ) -> ProbeResult:
-    """Logistic regression on standardised features.
+    """Multinomial logistic regression on standardised features.
 
-    The regularisation C is chosen on a held-out 20% slice of the training split; the
-    probe is then refit on the whole training split and scored on the evaluation split,
-    so the evaluation split never influences a choice.
+    train_x: [N, D], eval_x: [M, D]; labels int [N] / [M]. The regularisation C is
+    chosen on a held-out 20% slice of the training split; the probe is then refit on the
+    whole training split and scored on the evaluation split, so the evaluation split
+    never influences a choice. The model and its objective are scikit-learn's
+    `LogisticRegression(C=C)` (mean cross-entropy + ||W||^2 / (2 C N), intercept not
+    penalised); it is solved here with torch's L-BFGS in float32, each C warm-started
+    from the previous one (C ascending), which is several times faster on 1,280-d
+    features and 200 classes.
     """
     train_x, eval_x = _as_numpy(train_x), _as_numpy(eval_x)
     train_y, eval_y = np.asarray(train_y), np.asarray(eval_y)
@@ -48,27 +55,83 @@ def linear_probe(
     fit_x, val_x, fit_y, val_y = train_test_split(
         train_x, train_y, test_size=HELDOUT_FRACTION, random_state=seed, stratify=stratify
     )
-    best_c, best_val = c_grid[0], -1.0
-    for c in c_grid:
-        val = _fit(fit_x, fit_y, c, seed).score(val_x, val_y)
+    n_classes = int(max(train_y.max(), eval_y.max())) + 1
+    best_c, best_val, best_init = c_grid[0], -1.0, None
+    init = None
+    for c in sorted(c_grid):
+        model = _ScaledLogReg(fit_x, fit_y, n_classes, c, init)
+        init = model.params
+        val = model.score(val_x, val_y)
         if val > best_val:
-            best_c, best_val = c, val
-    accuracy = _fit(train_x, train_y, best_c, seed).score(eval_x, eval_y)
+            best_c, best_val, best_init = c, val, model.params
+    final = _ScaledLogReg(train_x, train_y, n_classes, best_c, best_init)
+    accuracy = final.score(eval_x, eval_y)
     return ProbeResult(accuracy=float(accuracy), C=best_c, heldout_accuracy=float(best_val))
 
 
 class _ScaledLogReg:
-    def __init__(self, x: np.ndarray, y: np.ndarray, c: float, seed: int) -> None:
-        self.scaler = StandardScaler().fit(x)
-        self.model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
-        self.model.fit(self.scaler.transform(x), y)
+    """Standardise (training mean and std), then multinomial logistic regression."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        n_classes: int,
+        c: float,
+        init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        x_t = torch.as_tensor(x, dtype=torch.float32)
+        self.mean = x_t.mean(dim=0)
+        std = x_t.std(dim=0, unbiased=False)
+        self.std = torch.where(std > 0, std, torch.ones_like(std))  # as StandardScaler
+        self.params = _fit_logreg(self._scale(x_t), torch.as_tensor(y), n_classes, c, init)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
     def score(self, x: np.ndarray, y: np.ndarray) -> float:
-        return float(self.model.score(self.scaler.transform(x), y))
+        weight, bias = self.params
+        logits = self._scale(torch.as_tensor(x, dtype=torch.float32)) @ weight + bias
+        return float((logits.argmax(dim=1) == torch.as_tensor(y)).float().mean())
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> _ScaledLogReg:
-    return _ScaledLogReg(x, y, c, seed)
+def _fit_logreg(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    c: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean CE(x W + b, y) + ||W||^2 / (2 C N) with L-BFGS.
+
+    x: [N, D] float32, y: [N] int64. Returns (W [D, K], b [K]), detached.
+    """
+    n, d = x.shape
+    weight = torch.zeros(d, n_classes) if init is None else init[0].clone()
+    bias = torch.zeros(n_classes) if init is None else init[1].clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    y = y.long()
+    l2 = 0.5 / (c * n)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=PROBE_MAX_ITER,
+        tolerance_grad=PROBE_TOL,
+        tolerance_change=1e-9,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
 
 
 def knn_accuracy(

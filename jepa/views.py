@@ -10,10 +10,12 @@ Both return backbone embeddings x1, x2: [B, D].
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from jepa.augment import view_transform
-from jepa.backbones import FrozenBackbone
+if TYPE_CHECKING:
+    from jepa.backbones import FrozenBackbone
 
 
 class CachedViewPairs:
@@ -37,7 +39,11 @@ class CachedViewPairs:
 
 
 class LiveViewPairs:
-    """images: uint8 [N, 3, h, w]; augments twice and runs the backbone per batch."""
+    """images: uint8 [N, 3, h, w]; augments twice and runs the backbone per batch.
+
+    The views are made as the cache makes them (`BatchViews`), so that the two ways
+    differ only in when the backbone runs.
+    """
 
     def __init__(
         self,
@@ -46,9 +52,13 @@ class LiveViewPairs:
         aug_strength: float,
         device: torch.device,
     ) -> None:
+        # Imported here: trials with the cache never import torchvision (seconds per trial).
+        from jepa.augment import view_transform
+        from jepa.batch_augment import BatchViews
+
         self.images = images
         self.backbone = backbone.to(device)
-        self.transform = view_transform(aug_strength, backbone.image_size)
+        self.views = BatchViews(view_transform(aug_strength, backbone.image_size))
         self.device = device
         self.backbone_images = 0
 
@@ -58,7 +68,7 @@ class LiveViewPairs:
     def pairs(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         out = []
         for _ in range(2):
-            batch = torch.stack([self.transform(self.images[i]) for i in index.tolist()])
+            batch = self.views(self.images[index])
             with torch.autocast(
                 self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
             ):

@@ -55,18 +55,18 @@ class FeatureCacheActor:
         self.device = "cuda" if gpu_share > 0 else "cpu"
         self.weights_hash = backbone_hash
         self._backbone = None
-        self._banks: dict[float, ray.ObjectRef] = {}
+        self._banks: dict[tuple[float, int], ray.ObjectRef] = {}
         self._dataset_ref: ray.ObjectRef | None = None
         self.images_embedded = 0
         self.disk_hits = 0
 
-    def _key(self, aug_strength: float) -> FeatureKey:
+    def _key(self, aug_strength: float, n_views: int) -> FeatureKey:
         return FeatureKey(
             weights_hash=self.weights_hash,
             encoder=self.backbone_spec.encoder,
             manifest_hash=self.dataset.manifest_hash,
             aug_strength=float(aug_strength),
-            n_views=self.n_views,
+            n_views=n_views,
             image_size=self.backbone().image_size,
             seed=self.seed,
         )
@@ -79,45 +79,55 @@ class FeatureCacheActor:
     def bank(self, aug_strength: float) -> list[ray.ObjectRef]:
         """[ref] to the bank for `aug_strength` (wrapped in a list so Ray passes the
         reference instead of resolving it)."""
-        aug_strength = float(aug_strength)
-        if aug_strength not in self._banks:
-            self._banks[aug_strength] = ray.put(self._load_or_compute(aug_strength))
-        return [self._banks[aug_strength]]
+        return self._ref(float(aug_strength), self.n_views)
 
-    def _load_or_compute(self, aug_strength: float) -> FeatureBank:
-        key = self._key(aug_strength)
-        bank = self.store.load(key)
-        if bank is not None:
+    def clean_bank(self) -> list[ray.ObjectRef]:
+        """[ref] to a bank of the clean views only (no augmented views): all that the
+        baseline needs when the trials run the backbone themselves (cache off)."""
+        return self._ref(0.0, 0)
+
+    def _ref(self, aug_strength: float, n_views: int) -> list[ray.ObjectRef]:
+        if (aug_strength, n_views) not in self._banks:
+            bank = self._load_or_compute(aug_strength, n_views)
+            self._banks[aug_strength, n_views] = ray.put(bank)
+        return [self._banks[aug_strength, n_views]]
+
+    def _load_or_compute(self, aug_strength: float, n_views: int) -> FeatureBank:
+        key = self._key(aug_strength, n_views)
+        start = time.monotonic()
+
+        def compute() -> FeatureBank:
+            print(
+                f"embedding cache: computing aug_strength={aug_strength} "
+                f"({n_views} views x {len(self.dataset.train_images)} train images + "
+                f"{len(self.dataset.train_images) + len(self.dataset.eval_images)} clean) "
+                f"on {self.device}",
+                flush=True,
+            )
+            if self.gpu_share > 0:
+                # A short task holds the GPU share only while it embeds (see _compute_on_gpu).
+                return ray.get(
+                    _compute_on_gpu.options(num_gpus=self.gpu_share).remote(
+                        self.backbone_spec, self.dataset, aug_strength, n_views, self.seed
+                    )
+                )
+            return compute_bank(
+                self.backbone(), self.dataset, aug_strength, n_views, self.seed, device="cpu"
+            )
+
+        bank, computed = self.store.get_or_compute(key, compute)
+        if computed:
+            self.images_embedded += bank.images_embedded
+            print(
+                f"embedding cache: aug_strength={aug_strength} done in "
+                f"{time.monotonic() - start:.1f}s -> {self.store.paths(key)[0]}",
+                flush=True,
+            )
+        else:
             self.disk_hits += 1
             print(
                 f"embedding cache: aug_strength={aug_strength} from {self.store.root}", flush=True
             )
-            return bank
-        start = time.monotonic()
-        print(
-            f"embedding cache: computing aug_strength={aug_strength} "
-            f"({self.n_views} views x {len(self.dataset.train_images)} train images + "
-            f"{len(self.dataset.train_images) + len(self.dataset.eval_images)} clean) "
-            f"on {self.device}",
-            flush=True,
-        )
-        if self.gpu_share > 0:
-            bank = ray.get(
-                _compute_on_gpu.options(num_gpus=self.gpu_share).remote(
-                    self.backbone_spec, self.dataset, aug_strength, self.n_views, self.seed
-                )
-            )
-        else:
-            bank = compute_bank(
-                self.backbone(), self.dataset, aug_strength, self.n_views, self.seed, device="cpu"
-            )
-        self.images_embedded += bank.images_embedded
-        path = self.store.save(key, bank)
-        print(
-            f"embedding cache: aug_strength={aug_strength} done in "
-            f"{time.monotonic() - start:.1f}s -> {path}",
-            flush=True,
-        )
         return bank
 
     def dataset_ref(self) -> list[ray.ObjectRef]:

@@ -68,7 +68,13 @@ def list_spaces(directory: Path = SPACES_DIR) -> list[str]:
 
 
 def load_space(name: str, directory: Path = SPACES_DIR) -> SearchSpace:
-    """Load and validate `search_spaces/<name>.yaml`."""
+    """Load and validate `search_spaces/<name>.yaml`, or the file `name` when it ends in
+    .yaml or .yml (a space of one's own: `--space path/to/space.yaml`)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise UserInputError(f"--space {name}: no such file; or give a name (--list-spaces)")
+        return parse_space(path)
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise UserInputError(

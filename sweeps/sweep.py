@@ -382,6 +382,9 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
             scheduler=scheduler,
             num_samples=opts.num_samples,
             max_concurrent_trials=opts.max_concurrent or _default_concurrency(opts),
+            # A trial's driver process serves the next trial: no new process (seconds of
+            # imports) per trial. The driver keeps no state between trials.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
@@ -400,7 +403,9 @@ def _baseline(
     """The raw backbone's probe on the same splits, logged as the sweep's baseline run."""
     levels = opts.space.levels("aug_strength")
     level = levels[0] if levels else base_config["aug_strength"]
-    bank = ray.get(ray.get(cache.bank.remote(level))[0])
+    # With the cache off the trials make their own views: the baseline needs clean ones only.
+    ref = cache.bank.remote(level) if opts.feature_cache else cache.clean_bank.remote()
+    bank = ray.get(ray.get(ref)[0])
     run = client.create_run(
         experiment_id,
         run_name=f"baseline-{sweep_name}",

@@ -9,26 +9,42 @@ logs the probe accuracy, the t-SNE picture and the weights.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
 
 from jepa import metrics as M
-from jepa.augment import clean_transform
-from jepa.backbones import BackboneSpec, build_backbone
 from jepa.config import TrialConfig
 from jepa.evaluate import evaluate_representation
-from jepa.features import FeatureBank, embed_images
+from jepa.features import FeatureBank
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
-from jepa.views import CachedViewPairs, LiveViewPairs
+from jepa.views import CachedViewPairs
 from sweeps import tracking
 from sweeps.resume import close_earlier_attempts
+
+if TYPE_CHECKING:
+    from jepa.backbones import BackboneSpec
+
+# Ray Train V2 settings for short trials, used unless the environment sets them. The
+# controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and
+# a worker's `report` waits until the previous report was collected by such a poll, so
+# with the default every epoch of a small trial waited up to 2 s, and so did the end of
+# every trial. The preemption watcher (an extra actor, i.e. a process, per trial) only
+# matters on clusters whose nodes get preempted (cloud spot instances).
+# See ray/train/v2/_internal/constants.py; Train passes them on to its controller and
+# workers (ENV_VARS_TO_PROPAGATE).
+TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -60,9 +76,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune trainable: train and evaluate one configuration, logged as an MLflow run."""
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    started = time.time()  # wall clock: compared with the worker's, on the same node or not
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
     cfg = TrialConfig.from_dict({**ctx.base_config, **config})
     trial_id = tune.get_context().get_trial_id()
     client = tracking.client(ctx.tracking_uri)
@@ -93,7 +111,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             data_ref = ray.get(cache.bank.remote(cfg.aug_strength))
         else:
             data_ref = ray.get(cache.dataset_ref.remote())
-        trainer = TorchTrainer(
+        trainer = lean_torch_trainer()(
             train_worker,
             train_loop_config={
                 "cfg": cfg.to_dict(),
@@ -101,9 +119,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                 "tracking_uri": ctx.tracking_uri,
                 "data": data_ref,  # [ObjectRef]: a FeatureBank, or the images (cache off)
                 "feature_cache": ctx.feature_cache,
-                "backbone": ctx.backbone,
+                # only without the cache; unpickling it would import timm in the worker
+                "backbone": None if ctx.feature_cache else ctx.backbone,
                 "baseline_probe_accuracy": ctx.baseline_probe_accuracy,
                 "fault": ctx.extra.get("fault"),  # a test's injected failure, else None
+                "trial_started": started,
             },
             scaling_config=ScalingConfig(
                 num_workers=ctx.workers_per_trial,
@@ -116,7 +136,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                 callbacks=[TuneReportCallback()],
             ),
         )
-        trainer.fit()
+        result = trainer.fit()
+        tracking.log_metrics(client, run_id, trial_timings(started, result.return_value))
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
@@ -146,6 +167,51 @@ def node_tags() -> dict[str, str]:
     }
 
 
+@functools.cache
+def lean_torch_trainer() -> type:
+    """`TorchTrainer` without two helper actors per run that short trials pay for and
+    do not use: each actor is a new Python process that imports Ray Train (seconds of
+    CPU on a small machine; a trial started six of them).
+
+    - `DatasetsCallback` starts a `DatasetManager` actor even when no Ray Datasets are
+      passed (we pass none: the embeddings come through the object store);
+    - `PlacementGroupCleanerCallback` starts a detached actor that removes the run's
+      placement group if the controller dies uncleanly; Ray removes it anyway, since a
+      placement group fate-shares with the actor that created it (the controller).
+
+    Still a Ray Train V2 `TorchTrainer` (controller, worker group, process group,
+    reports). Ray versions without these private classes get the plain TorchTrainer.
+    """
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:
+        return TorchTrainer
+    unused = (DatasetsCallback, PlacementGroupCleanerCallback)
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, unused)]
+
+    return LeanTorchTrainer
+
+
+def trial_timings(started: float, worker: dict[str, float] | None) -> dict[str, float]:
+    """The trial's time split: wall time of the driver, the work rank 0 timed (training,
+    backbone, evaluation) and the rest, the orchestration overhead (see `jepa.metrics`)."""
+    times = {M.TIME_TRIAL: time.time() - started, **(worker or {})}
+    work = sum(times.get(k, 0.0) for k in (M.TIME_TRAIN, M.TIME_BACKBONE, M.TIME_EVAL))
+    times[M.TIME_OVERHEAD] = times[M.TIME_TRIAL] - work
+    return times
+
+
 def _worker_resources(ctx: SweepContext) -> dict[str, float]:
     resources = {"CPU": ctx.cpus_per_worker}
     if ctx.gpus_per_trial > 0:
@@ -153,11 +219,16 @@ def _worker_resources(ctx: SweepContext) -> dict[str, float]:
     return resources
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker loop: every rank trains; rank 0 logs, reports and evaluates."""
+def train_worker(config: dict[str, Any]) -> dict[str, float]:
+    """Ray Train worker loop: every rank trains; rank 0 logs, reports and evaluates.
+
+    Returns rank 0's timings (`jepa.metrics.TIME_*`), which the driver gets back as the
+    result's `return_value`.
+    """
     import ray.train
     import ray.train.torch
 
+    times = {M.TIME_STARTUP: time.time() - config["trial_started"]}
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -176,29 +247,42 @@ def train_worker(config: dict[str, Any]) -> None:
     else:
         # The seed's way: augment and run the backbone on every batch; the clean views
         # for evaluation are computed here too, by this trial.
+        from jepa.augment import clean_transform
+        from jepa.backbones import build_backbone
+        from jepa.batch_augment import BatchViews
+        from jepa.features import embed_views
+        from jepa.views import LiveViewPairs
+
+        start = time.perf_counter()
         backbone = build_backbone(config["backbone"])
         views = LiveViewPairs(data.train_images, backbone, cfg.aug_strength, device)
-        clean = clean_transform(backbone.image_size)
+        clean = BatchViews(clean_transform(backbone.image_size))
         bank = FeatureBank(
             views=torch.empty(0, 0, 0),
-            train_clean=embed_images(backbone, data.train_images, clean, device=device),
+            train_clean=embed_views(backbone, data.train_images, clean, device=device),
             train_labels=data.train_labels,
-            eval_clean=embed_images(backbone, data.eval_images, clean, device=device),
+            eval_clean=embed_views(backbone, data.eval_images, clean, device=device),
             eval_labels=data.eval_labels,
         )
         views.backbone_images += len(data.train_images) + len(data.eval_images)
+        times[M.TIME_BACKBONE] = time.perf_counter() - start
     evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
 
     fault = config.get("fault")
+    reporting = 0.0  # seconds in on_epoch: logging and reporting are not training
 
     def on_epoch(row: dict[str, float]) -> None:
+        nonlocal reporting
+        start = time.perf_counter()
         if rank == 0:
             tracking.log_metrics(client, run_id, _without(row, M.EPOCH), step=int(row[M.EPOCH]))
         if fault is not None:
             fault.maybe_raise(cfg.to_dict())  # mid-trial, after an epoch was logged
         ray.train.report(dict(row) if rank == 0 else {})
+        reporting += time.perf_counter() - start
 
     wrap = ray.train.torch.prepare_model if world_size > 1 else None
+    start = time.perf_counter()
     result = train_predictor(
         cfg,
         views,
@@ -209,13 +293,15 @@ def train_worker(config: dict[str, Any]) -> None:
         wrap=wrap,
         device=device,
     )
+    times[M.TIME_TRAIN] = time.perf_counter() - start - reporting
     final: dict[str, float] = {}
     if rank == 0:
-        final = _evaluate_and_log(client, run_id, result, bank, cfg, config)
+        final = _evaluate_and_log(client, run_id, result, bank, cfg, config, times)
     ray.train.report(final)
+    return times
 
 
-def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, float]:
+def _evaluate_and_log(client, run_id, result, bank, cfg, config, times) -> dict[str, float]:
     predictor = result.predictor.eval().cpu()
     if result.status == STATUS_DIVERGED or not _finite(predictor):
         # Non-finite weights: there is nothing to probe (scikit-learn rejects NaN) and
@@ -226,6 +312,7 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, fl
         return {**final, M.TAG_STATUS: STATUS_DIVERGED}
     with tempfile.TemporaryDirectory() as tmp:
         tsne = Path(tmp) / M.TSNE_ARTIFACT
+        start = time.perf_counter()
         scores = evaluate_representation(
             predictor,
             bank,
@@ -233,6 +320,7 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config) -> dict[str, fl
             title=f"w={cfg.predictor_width} lr={cfg.lr:.2g} aug={cfg.aug_strength} {cfg.objective}",
             seed=cfg.seed,
         )
+        times[M.TIME_EVAL] = time.perf_counter() - start
         weights = Path(tmp) / M.PREDICTOR_ARTIFACT
         torch.save(
             {"state_dict": predictor.state_dict(), "config": cfg.to_dict(), "dim": predictor.dim},
