@@ -51,7 +51,10 @@ def linear_probe(
     train_x, eval_x = _as_numpy(train_x), _as_numpy(eval_x)
     train_y, eval_y = np.asarray(train_y), np.asarray(eval_y)
     counts = np.bincount(train_y)
-    stratify = train_y if counts[counts > 0].min() >= 2 else None
+    present = counts[counts > 0]
+    # A stratified slice needs two images of every class and room for each in the slice.
+    can_stratify = present.min() >= 2 and HELDOUT_FRACTION * len(train_y) >= len(present)
+    stratify = train_y if can_stratify else None
     fit_x, val_x, fit_y, val_y = train_test_split(
         train_x, train_y, test_size=HELDOUT_FRACTION, random_state=seed, stratify=stratify
     )

@@ -13,9 +13,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from jepa import metrics as M
+from jepa.augment import STRENGTH_LEVELS
 from jepa.backbones import BackboneSpec, build_backbone, state_dict_hash
 from jepa.data import DatasetSpec, load_dataset
 from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank
+from sweeps.spaces import list_spaces, load_space
 from tests.conftest import run_cli
 
 KEY = FeatureKey(
@@ -36,6 +38,16 @@ CHANGED = {
     "image_size": 64,
     "seed": 1,
 }
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_shipped_spaces_sweep_aug_strength_over_a_few_levels(name):
+    # One bank per level: a continuous aug_strength would compute a bank per trial.
+    space = load_space(name)
+    if "aug_strength" in space.params:
+        assert space.levels("aug_strength") is not None, "aug_strength must be a choice"
+        assert set(space.levels("aug_strength")) <= set(STRENGTH_LEVELS)
+    assert space.fixed.get("aug_strength", 0.5) in STRENGTH_LEVELS
 
 
 def test_every_field_of_the_key_is_covered():
@@ -217,7 +229,7 @@ params:
   predictor_width:
     choice: [16, 32]
 fixed:
-  batch_size: 32
+  batch_size: 25
 """
 
 
@@ -229,7 +241,7 @@ def test_sweep_runs_the_backbone_once_per_level(sweep_dirs, tmp_path, concurrent
     at once (four ask for the banks while the first is being computed)."""
     space = tmp_path / "two_levels.yaml"
     space.write_text(SPACE)
-    views, per_class, eval_per_class = 2, 3, 2
+    views, per_class, eval_per_class = 2, 5, 2
     proc = run_cli(
         [
             "--space",
