@@ -144,7 +144,8 @@ def resume_command(argv: list[str]) -> str:
 
 
 def optuna_history(folder: Path) -> int | None:
-    """How many trials the Optuna study saved in a Tune experiment folder knows.
+    """How many trials the Optuna study saved in a Tune experiment folder has handed
+    out (running or told; not the coverage points still queued as WAITING).
 
     Tune pickles the searcher (`searcher-state-*.pkl`) after each step and unpickles it
     itself on restore; the folder is the user's own `--storage`, as trusted as Tune's.
@@ -156,7 +157,11 @@ def optuna_history(folder: Path) -> int | None:
     with open(files[-1], "rb") as f:
         state = pickle.load(f)
     study = state.get("_ot_study") if isinstance(state, dict) else None
-    return len(study.trials) if study is not None else None
+    if study is None:
+        return None
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.trials if t.state != TrialState.WAITING)
 
 
 def iter_runs(client, experiment_id: str, filter_string: str) -> Iterator[Any]:

@@ -595,7 +595,7 @@ def _connect(address: str) -> None:
     """Join an existing cluster (`auto`, HOST:PORT, or ray://HOST:PORT through Ray Client)
     and say which nodes the trials can run on."""
     try:
-        ray.init(address=address, namespace=NAMESPACE, runtime_env=job_runtime_env())
+        _init_with_retries(address)
     except Exception as exc:
         # Ray sends its token only when told to, never on its own to a given address, and
         # a cluster that wants one answers a client without it by timing out.
@@ -613,6 +613,25 @@ def _connect(address: str) -> None:
     print(f"Ray: connected to {address}, {len(nodes)} node(s):")
     for node in nodes:
         print(f"  {describe_node(node)}")
+
+
+CLIENT_INIT_TRIES = 3
+
+
+def _init_with_retries(address: str) -> None:
+    """`ray.init` on `address`, tried again when Ray Client's server fails to start the
+    session's driver ("Initialization failure from server" with no reason: seen on a
+    loaded machine, gone on the next try). Other errors are raised at once."""
+    for attempt in range(1, CLIENT_INIT_TRIES + 1):
+        try:
+            ray.init(address=address, namespace=NAMESPACE, runtime_env=job_runtime_env())
+            return
+        except ConnectionAbortedError as exc:
+            if attempt == CLIENT_INIT_TRIES or "Initialization failure" not in str(exc):
+                raise
+            print(f"Ray Client: the server could not start the session ({attempt}); again")
+            ray.shutdown()
+            time.sleep(2 * attempt)
 
 
 def job_runtime_env() -> dict[str, Any]:

@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             M.TAG_ROLE: M.ROLE_TRIAL,
             "mlflow.parentRunId": ctx.parent_run_id,
             M.TAG_TRIAL_ID: trial_id,
-            M.TAG_ATTEMPT: earlier.count + 1,
+            M.TAG_ATTEMPT: str(earlier.count + 1),  # the REST store takes strings only
             M.TAG_SWEEP_NAME: ctx.sweep_name,
             **ctx.run_tags,
         },

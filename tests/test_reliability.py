@@ -222,7 +222,8 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     _wait_mid_trial(db, proc, finished=1)
     proc.kill()
     out, _ = proc.communicate(timeout=60)
-    assert "Resuming sweep" in out and "Optuna sampler's history: 1 trials" in out, out[-3000:]
+    head = out[: out.find("Trial status")]  # what the CLI says before Tune's tables
+    assert "Resuming sweep" in head and "Optuna sampler's history: 1 trials" in head, head
     assert [r for r in _runs(db) if r[1] == "RUNNING"], "SIGKILL should leave runs RUNNING"
 
     # 3. Resume again; it finishes.
@@ -273,9 +274,9 @@ FAILING_SPACE = """\
 description: test space; width 64 fails (injected), lr 1e30 diverges for real
 params:
   predictor_width:
-    choice: [64, 128]
+    choice: [64, 128, 128]
   lr:
-    choice: [1.0e-3, 1.0e30]
+    choice: [1.0e-3, 1.0e-3, 1.0e30]
 """
 
 
@@ -283,8 +284,10 @@ params:
 def failing_sweep(tmp_path_factory, shared_cache):
     """One sweep with a failing (injected) trial, a diverging one and a normal one.
 
-    With --seed 6 Optuna samples (64, 1e-3), (128, 1e-3), (128, 1e30); the tests check
-    the precondition from what was logged.
+    The sweep's first trials cover every level of the choice parameters (level i of each
+    in trial i: `SearchSpace.coverage_points`), so the three trials are (64, 1e-3),
+    (128, 1e-3) and (128, 1e30) whatever Optuna's sampler would draw; the tests check
+    that precondition from what was logged.
     """
     root = tmp_path_factory.mktemp("failing")
     space = root / "failing.yaml"
