@@ -169,36 +169,32 @@ def node_tags() -> dict[str, str]:
 
 @functools.cache
 def lean_torch_trainer() -> type:
-    """`TorchTrainer` without two helper actors per run that short trials pay for and
-    do not use: each actor is a new Python process that imports Ray Train (seconds of
-    CPU on a small machine; a trial started six of them).
+    """`TorchTrainer` that does not start a `DatasetManager` actor when it is given no
+    Ray Datasets (we give none: the embeddings come through the object store). Every
+    actor is a new Python process that imports Ray Train and Ray Data, seconds of CPU
+    per trial on a small machine; a trial started six.
 
-    - `DatasetsCallback` starts a `DatasetManager` actor even when no Ray Datasets are
-      passed (we pass none: the embeddings come through the object store);
-    - `PlacementGroupCleanerCallback` starts a detached actor that removes the run's
-      placement group if the controller dies uncleanly; Ray removes it anyway, since a
-      placement group fate-shares with the actor that created it (the controller).
+    (The placement-group cleaner, another actor per run, stays: it removes the run's
+    placement group when the controller dies uncleanly. Without it, after workers were
+    killed for memory, their runs' CPUs stayed reserved and the next trials waited for
+    them indefinitely.)
 
-    Still a Ray Train V2 `TorchTrainer` (controller, worker group, process group,
-    reports). Ray versions without these private classes get the plain TorchTrainer.
+    Still a Ray Train V2 `TorchTrainer`. Ray versions without this private class get
+    the plain TorchTrainer.
     """
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-        from ray.train.v2._internal.callbacks.placement_group_callback import (
-            PlacementGroupCleanerCallback,
-        )
     except ImportError:
         return TorchTrainer
-    unused = (DatasetsCallback, PlacementGroupCleanerCallback)
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
             if self.datasets:
                 return callbacks
-            return [c for c in callbacks if not isinstance(c, unused)]
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
     return LeanTorchTrainer
 
