@@ -314,7 +314,8 @@ def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float =
         except OSError as exc:
             raise UserInputError(
                 f"--address {address}: cannot reach a Ray cluster there "
-                f"({exc.strerror or exc}); start one (ray start --head) or fix --address"
+                f"({exc.strerror or exc}); start one (ray start --head) "
+                "or fix --address / RAY_ADDRESS"
             ) from None
     if not address and gpus_per_trial > 0:
         import torch

@@ -398,7 +398,8 @@ def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache
             "--max-epochs",
             "2",
             *_flags(sweep_dirs, shared_cache),
-        ]
+        ],
+        timeout=900,  # 24 processes start on 2 cores
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
