@@ -30,7 +30,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORT = {"width": 1800, "height": 1000}  # wide enough for the added MLflow columns
 
 
 def _missing(message: str) -> None:
