@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     runs: dict[str, list[SweepRun]] = {"on": [], "off": []}
-    for repeat in range(args.repeats):
+    repeats = {"on": args.repeats, "off": args.repeats_off or args.repeats}
+    for repeat in range(max(repeats[m] for m in args.modes)):
         for mode in args.modes:
+            if repeat >= repeats[mode]:
+                continue
             run = run_sweep(mode, args, repeat)
             runs[mode].append(run)
             print(format_run(run), flush=True)
@@ -112,6 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
     p.add_argument("--images-per-class", type=int, default=None, help="as sweeps/run.py")
     p.add_argument("--repeats", type=int, default=1, help="runs of each sweep; medians printed")
+    p.add_argument(
+        "--repeats-off",
+        type=int,
+        default=None,
+        help="runs of the uncached sweep, if not --repeats (it takes ~16 min on 2 cores)",
+    )
     p.add_argument(
         "--modes",
         type=lambda text: text.split(","),
@@ -263,7 +272,7 @@ def summary(runs: dict[str, list[SweepRun]], args: argparse.Namespace, eval_s) -
         ("median per-trial training epochs (s)", lambda r: r.median("time_train_s"), "{:.2f}"),
         ("best probe accuracy", lambda r: r.best_probe_accuracy, "{:.4f}"),
     ]
-    n = len(runs["on"]) or len(runs["off"])
+    n = f"{len(runs['on'])} cached, {len(runs['off'])} uncached"
     lines = [
         "```",
         f"Embedding cache benchmark: {args.num_samples} trials of --space {args.space} "

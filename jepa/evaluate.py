@@ -10,19 +10,21 @@ import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from jepa import metrics as M
-from jepa.augment import clean_transform
-from jepa.backbones import FrozenBackbone
 from jepa.config import TrialConfig
-from jepa.data import ImageDataset
 from jepa.errors import UserInputError
 from jepa.features import FeatureBank, embed_images
 from jepa.plots import save_tsne_picture
 from jepa.predictor import HierarchicalPredictor
 from jepa.probe import collapse_metrics, knn_accuracy, linear_probe
+
+if TYPE_CHECKING:  # a trial's worker evaluates cached embeddings: no timm, no torchvision
+    from jepa.backbones import FrozenBackbone
+    from jepa.data import ImageDataset
 
 
 @torch.no_grad()
@@ -91,6 +93,8 @@ def clean_bank(
     """The clean embeddings of both splits (no augmented views), [N, D] and [M, D]:
     everything `evaluate_representation` needs. The clean transform is deterministic, so
     these equal the ones the run was evaluated on."""
+    from jepa.augment import clean_transform
+
     clean = clean_transform(backbone.image_size)
     return FeatureBank(
         views=torch.empty(len(dataset.train_images), 0, backbone.embed_dim),
