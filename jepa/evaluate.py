@@ -40,7 +40,11 @@ def evaluate_representation(
     transform: [N, D] -> [N, D'] (a trained predictor), or None for the raw backbone.
     Probe and kNN train on the training split and score the evaluation split; the
     collapse metrics use the training split; the t-SNE picture shows the eval split.
+    Everything runs on the CPU, where the bank lives: a module `transform` trained on a
+    GPU is moved there first.
     """
+    if isinstance(transform, torch.nn.Module):
+        transform = transform.cpu()
     f = transform or (lambda x: x)
     train_z, eval_z = f(bank.train_clean).float().cpu(), f(bank.eval_clean).float().cpu()
     probe = linear_probe(train_z, bank.train_labels, eval_z, bank.eval_labels, seed=seed)

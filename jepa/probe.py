@@ -148,16 +148,18 @@ def knn_accuracy(
     """Weighted cosine kNN (as in DINO, Caron et al. 2021): each of the k nearest
     training embeddings votes for its class with weight exp(sim / T).
 
-    train_x: [N, D], eval_x: [M, D]; labels int64. Returns accuracy in 0..1.
+    train_x: [N, D], eval_x: [M, D]; labels int64. Returns accuracy in 0..1. Runs on
+    train_x's device; the other inputs are moved there (callers mix CPU and GPU tensors).
     """
+    device = torch.as_tensor(train_x).device
     train_x = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
-    eval_x = F.normalize(torch.as_tensor(eval_x, dtype=torch.float32), dim=1)
-    train_y = torch.as_tensor(train_y, dtype=torch.long)
-    eval_y = torch.as_tensor(eval_y, dtype=torch.long)
+    eval_x = F.normalize(torch.as_tensor(eval_x, dtype=torch.float32, device=device), dim=1)
+    train_y = torch.as_tensor(train_y, dtype=torch.long, device=device)
+    eval_y = torch.as_tensor(eval_y, dtype=torch.long, device=device)
     k = min(k, len(train_x))
     num_classes = int(max(train_y.max(), eval_y.max())) + 1
     sims, idx = (eval_x @ train_x.T).topk(k, dim=1)  # [M, k]
-    votes = torch.zeros(len(eval_x), num_classes)
+    votes = torch.zeros(len(eval_x), num_classes, device=device)
     votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
     return float((votes.argmax(dim=1) == eval_y).float().mean())
 

@@ -134,8 +134,10 @@ def train_predictor(
     optimizer = torch.optim.AdamW(
         objective.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
+    # Embeddings go to the device for the predictor's forward pass; labels stay on the
+    # CPU, where the diagnostics (kNN) run.
     evalset = EvalSet(
-        *(t.to(device) for t in (evalset.train_x, evalset.train_y, evalset.eval_x, evalset.eval_y))
+        evalset.train_x.to(device), evalset.train_y, evalset.eval_x.to(device), evalset.eval_y
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult(predictor, reference=reference)

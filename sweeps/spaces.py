@@ -18,6 +18,7 @@ unknown distributions are errors that name the file and the key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,32 @@ class SearchSpace:
     def coverage_points(self, limit: int) -> list[dict[str, Any]]:
         """First trials that try every level of every `choice` parameter at least once.
 
-        Point i sets each choice parameter to its level i mod (number of levels); the
-        sampler fills in the other parameters. Without them a sweep of the 4 objectives
-        with Optuna's seed 0 samples only 3 of them in 8 trials. At most `limit` points.
+        Point i sets each choice parameter to its level i mod (number of levels). Without
+        them a sweep of the 4 objectives with Optuna's seed 0 samples only 3 of them in 8
+        trials. Ray's OptunaSearch wants every swept parameter in a point, so the others
+        take `centre_value` (the default when it lies in the range). At most `limit`.
         """
         choices = {k: args for k, (dist, args) in self.params.items() if dist == "choice"}
         count = min(limit, max((len(v) for v in choices.values()), default=0))
-        return [{k: v[i % len(v)] for k, v in choices.items()} for i in range(count)]
+        others = {k: self.centre_value(k) for k in self.params if k not in choices}
+        return [
+            {k: choices[k][i % len(choices[k])] if k in choices else others[k] for k in self.params}
+            for i in range(count)
+        ]
+
+    def centre_value(self, key: str) -> Any:
+        """A value of the continuous or int parameter `key` for the coverage points:
+        TrialConfig's default when it lies in the range, else the range's centre
+        (geometric for loguniform)."""
+        dist, (low, high) = self.params[key]
+        default = getattr(TrialConfig(), key)
+        if low <= default <= high:
+            return int(default) if dist == "int" else float(default)
+        if dist == "int":
+            return int((int(low) + int(high)) // 2)
+        if dist == "loguniform":
+            return float(math.sqrt(low * high))
+        return float((low + high) / 2)
 
     def levels(self, key: str) -> list[Any] | None:
         """The values a `choice` parameter takes, or None when `key` is not a choice."""

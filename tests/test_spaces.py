@@ -70,6 +70,26 @@ def test_coverage_points_try_every_level_of_every_choice():
     points = full.coverage_points(limit=8)
     for key in ("predictor_width", "depth", "aug_strength"):
         assert {p[key] for p in points} == set(full.levels(key))
-    assert all("lr" not in p for p in points)  # left to the sampler
+    # Ray's OptunaSearch rejects a point without every swept parameter (the crash of
+    # `--space full`): the continuous one takes its default, which lies in the range.
+    assert all(set(p) == set(full.params) for p in points)
+    assert {p["lr"] for p in points} == {TrialConfig().lr}
     assert len(full.coverage_points(limit=2)) == 2
     assert load_space("learning_rate").coverage_points(limit=8) == []
+
+
+def test_coverage_points_fill_continuous_and_int_parameters(tmp_path):
+    path = write(
+        tmp_path,
+        "params:\n  predictor_width:\n    choice: [64, 128]\n"
+        "  lr:\n    loguniform: [1.0e-2, 1.0]\n"
+        "  aug_strength:\n    uniform: [0.0, 0.2]\n"
+        "  depth:\n    int: [2, 4]\n",
+    )
+    points = parse_space(path).coverage_points(limit=8)
+    assert [p["predictor_width"] for p in points] == [64, 128]
+    for p in points:
+        assert p["lr"] == pytest.approx(0.1)  # default 1e-3 outside: geometric centre
+        assert p["aug_strength"] == pytest.approx(0.1)
+        assert p["depth"] == 3
+        TrialConfig.from_dict(p)
