@@ -85,12 +85,18 @@ def sh(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.Co
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), **(env or {})},
     )
     out = (proc.stdout + proc.stderr).strip()
     print("\n".join(out.splitlines()[-25:]), flush=True)
     print(f"(exit {proc.returncode})", flush=True)
     return proc
+
+
+def _pythonpath() -> str:
+    """This project first, then what the caller had (carried wheels, say)."""
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([str(ROOT), *rest])
 
 
 def gpu_memory(device: torch.device) -> str:
