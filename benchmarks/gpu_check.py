@@ -358,10 +358,14 @@ def main(argv: list[str] | None = None) -> int:
             single_run(device, data, build_backbone(BackboneSpec()), out, "demo")
 
         step(f"single run on {device}, demo data, 2 epochs (in process)", demo)
-        if have("mlflow"):
+        # `python -m jepa.train` runs no Ray, but imports it (sweeps/cli.py, sweeps/spaces.py).
+        missing = [m for m in ("mlflow", "ray") if not have(m)]
+        if not missing:
             step(f"python -m jepa.train on {device}, 2 epochs", lambda: train_cli(device, tmp))
         else:
-            print("\n== python -m jepa.train\nskipped: mlflow is not installed on this machine")
+            verb = "is" if len(missing) == 1 else "are"
+            why = f"{' and '.join(missing)} {verb} not installed on this machine"
+            print(f"\n== python -m jepa.train\nskipped: {why}")
 
         checkpoint = tmp / ("IN1K-vit.h.14-300e.pth.tar" if on_gpu else "vit-tiny-test.pth.tar")
         data = tmp / "tiny-imagenet-200"
