@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +267,7 @@ def test_gpu_check_runs_its_cpu_parts_here():
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no GPU: skipped" in proc.stdout
