@@ -2,15 +2,18 @@
 
     python benchmarks/extract_throughput.py              # ViT-H/14 224 on the GPU
     python benchmarks/extract_throughput.py --arch small  # CPU smoke mode (seconds)
+    python benchmarks/extract_throughput.py --checkpoint IN1K-vit.h.14-300e.pth.tar
 
 Random weights in the real architecture (the same timm ViT the I-JEPA checkpoint loads
-into; speed does not depend on the values). Two figures:
+into; speed does not depend on the values), or with `--checkpoint` an I-JEPA file
+loaded as a sweep loads it (`benchmarks/gpu_check.sh` writes one of random weights).
+Two figures, and the GPU's peak memory:
 - model only: normalised batches already on the device through `FrozenBackbone.embed`
   (bf16 autocast on a GPU): images/s, achieved TFLOP/s and the fraction of the GPU's
   dense bf16 peak;
 - pipeline: `jepa.features.embed_images` on uint8 64x64 images (Tiny-ImageNet's size)
   with a random augmentation, loader workers and pinned memory included: shows whether
-  the data loader keeps the GPU busy.
+  the data loader keeps the GPU busy (the loader hands uint8 views to the GPU).
 
 FLOPs per image are counted from the architecture (2 FLOPs per multiply-add: patch
 embedding, qkv, attention scores and values, projection, MLP).
@@ -28,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa.augment import view_transform  # noqa: E402
-from jepa.backbones import FrozenBackbone  # noqa: E402
+from jepa.backbones import IJEPA, BackboneSpec, FrozenBackbone, build_backbone  # noqa: E402
 from jepa.features import embed_images  # noqa: E402
-from jepa.ijepa import VitShape  # noqa: E402
+from jepa.ijepa import VitShape, shape_of  # noqa: E402
 
 ARCHS = {
     # I-JEPA's model zoo
@@ -123,6 +126,9 @@ def pipeline(backbone: FrozenBackbone, device, batch: int, images: int, workers)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=sorted(ARCHS), default="huge")
+    p.add_argument(
+        "--checkpoint", default=None, help="an I-JEPA checkpoint to load instead of --arch"
+    )
     p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default: 512 GPU, 16 CPU")
     p.add_argument("--batches", type=int, default=None, help="timed batches (20 GPU, 3 CPU)")
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     on_gpu = device.type == "cuda"
-    if args.arch != "small" and not on_gpu:
+    if args.arch != "small" and not args.checkpoint and not on_gpu:
         print(
             f"--arch {args.arch} needs a GPU (ViT-H/14 runs ~0.65 images/s on 2 CPU cores); "
             "use --arch small for the CPU smoke mode",
@@ -148,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch_size or (512 if on_gpu else 16)
     batches = args.batches or (20 if on_gpu else 3)
     n_images = args.pipeline_images or (8192 if on_gpu else 48)
-    shape = ARCHS[args.arch]
     name, peak = peak_tflops(device)
     peak = args.peak_tflops or peak
+    if args.checkpoint:
+        start = time.perf_counter()
+        backbone = build_backbone(BackboneSpec(name=IJEPA, checkpoint=args.checkpoint)).to(device)
+        shape = shape_of(backbone.vit)
+        print(f"checkpoint {args.checkpoint} loaded in {time.perf_counter() - start:.1f}s")
+    else:
+        shape = ARCHS[args.arch]
+        backbone = random_backbone(shape, device)
     flops = flops_per_image(shape)
-
-    backbone = random_backbone(shape, device)
     params = sum(t.numel() for t in backbone.parameters()) / 1e6
     print(f"device: {name}" + (f" (dense bf16 peak {peak:g} TFLOP/s)" if peak else ""))
     print(f"arch: {shape.describe()}, {params:.1f}M params, {flops / 1e9:.1f} GFLOPs/image")
@@ -171,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline (embed_images, uint8 64x64 -> aug 0.5 -> {shape.img_size}px): "
         f"{rate_pipe:.1f} images/s = {100 * rate_pipe / rate:.0f}% of model only"
     )
+    if on_gpu:
+        gib = torch.cuda.max_memory_allocated(device) / 2**30
+        reserved = torch.cuda.max_memory_reserved(device) / 2**30
+        print(f"peak GPU memory: {gib:.1f} GiB allocated, {reserved:.1f} GiB reserved by torch")
     return 0
 
 

@@ -28,7 +28,13 @@ from jepa.backbones import BackboneSpec, build_backbone, weights_hash  # noqa: E
 from jepa.config import OBJECTIVES, TrialConfig  # noqa: E402
 from jepa.data import DatasetSpec, load_dataset  # noqa: E402
 from jepa.evaluate import evaluate_representation  # noqa: E402
-from jepa.features import DEFAULT_VIEWS, FeatureKey, FeatureStore, compute_bank  # noqa: E402
+from jepa.features import (  # noqa: E402
+    DEFAULT_VIEWS,
+    FeatureKey,
+    FeatureStore,
+    compute_bank,
+    compute_mode,
+)
 from jepa.train import EvalSet, train_predictor  # noqa: E402
 from jepa.views import CachedViewPairs  # noqa: E402
 
@@ -64,6 +70,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float |
         n_views=args.views,
         image_size=backbone.image_size,
         seed=seed,
+        compute=compute_mode("cpu"),
     )
     store = FeatureStore(args.cache_dir)
     bank = store.load(key)

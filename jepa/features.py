@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,10 +33,30 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS = 8
 # 2: on the CPU, views are made a block at a time (`BatchViews`): same recipe, other draws.
-FORMAT_VERSION = 2
+# 3: the key names the compute mode (`compute_mode`); on a GPU the loader hands over uint8
+#    crops, normalised on the GPU.
+FORMAT_VERSION = 3
 # Images per block of batched views on the CPU; a constant, so the views depend on the
 # seed only.
 VIEW_BLOCK = 256
+# Batches each loader worker prepares ahead on a GPU (PyTorch's default is 2).
+PREFETCH = 2
+SHM = Path("/dev/shm")
+
+
+def compute_mode(device: str | torch.device) -> str:
+    """How `compute_bank` makes a bank on `device`: device kind, precision, view maker.
+
+    The same seed gives other views, and other numbers, on each: on the CPU, views made
+    a block of images at a time (`BatchViews`) through an fp32 forward; on a GPU, each
+    image's view drawn under its own seed, handed over as uint8 and run in bf16 autocast.
+    Part of `FeatureKey`, so that a CPU bank and a GPU bank never share a cache entry.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "cpu/fp32/block-views"
+    precision = "bf16" if kind == "cuda" else "fp32"
+    return f"{kind}/{precision}/per-image-views-uint8"
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,8 @@ class FeatureKey:
     n_views: int
     image_size: int
     seed: int
+    compute: str
+    """`compute_mode` of the device the bank is computed on."""
 
     def digest(self) -> str:
         payload = json.dumps({"v": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -90,10 +113,12 @@ _BANK_FIELDS = ("views", "train_clean", "train_labels", "eval_clean", "eval_labe
 class _TransformedImages(torch.utils.data.Dataset):
     """Item i = transform(images[i]) drawn under the seed `base_seed + i`, so a random
     view depends on the image and the caller's seed only, not on the number of loader
-    workers, the batch size or the device."""
+    workers or the batch size. With `as_uint8` the view (in [0, 1]) is rounded to
+    uint8: a quarter of float32's bytes in shared and pinned memory."""
 
-    def __init__(self, images: torch.Tensor, transform, base_seed: int) -> None:
+    def __init__(self, images: torch.Tensor, transform, base_seed: int, as_uint8: bool) -> None:
         self.images, self.transform, self.base_seed = images, transform, base_seed
+        self.as_uint8 = as_uint8
 
     def __len__(self) -> int:
         return len(self.images)
@@ -101,7 +126,56 @@ class _TransformedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         # torchvision's random transforms draw from the global CPU generator.
         torch.random.default_generator.manual_seed(self.base_seed + i)
-        return self.transform(self.images[i])
+        view = self.transform(self.images[i])
+        if self.as_uint8:
+            view = view.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        return view
+
+
+def _split_normalize(transform) -> tuple[Callable, tuple | None]:
+    """(transform without its final `v2.Normalize`, (mean, std)), or (transform, None)
+    when it does not end in one."""
+    from torchvision.transforms import v2
+
+    steps = list(getattr(transform, "transforms", []))
+    if steps and isinstance(steps[-1], v2.Normalize):
+        return v2.Compose(steps[:-1]), (steps[-1].mean, steps[-1].std)
+    return transform, None
+
+
+def loader_workers(
+    requested: int | None, batch_bytes: int, prefetch: int = PREFETCH, shm: Path = SHM
+) -> int:
+    """Loader processes that fit in /dev/shm, where worker batches wait to be collected.
+
+    Each worker holds up to `prefetch` batches of `batch_bytes` there. `requested` None:
+    min(8, CPUs), fewer when they do not fit in half of /dev/shm's free space (0: load in
+    this process; a line says so). An explicit `requested` that does not fit is an error
+    naming /dev/shm's size: a container's default of 64 MB would end in a bus error.
+    """
+    wanted = min(8, os.cpu_count() or 1) if requested is None else requested
+    if wanted == 0 or not shm.is_dir():
+        return wanted
+    free = shutil.disk_usage(shm).free
+    need = wanted * prefetch * batch_bytes
+    if requested is not None:
+        if need > free:
+            raise RuntimeError(
+                f"{wanted} loader workers need {need / 1e6:.0f} MB of shared memory "
+                f"({prefetch} batches of {batch_bytes / 1e6:.0f} MB each) but {shm} has "
+                f"{free / 1e6:.0f} MB free; enlarge it (docker run --shm-size=8g) or use "
+                "fewer workers or a smaller batch"
+            )
+        return wanted
+    fits = min(wanted, int(free // 2 // max(1, prefetch * batch_bytes)))
+    if fits < wanted:
+        print(
+            f"extraction: {shm} has {free / 1e6:.0f} MB free, room for {fits} of {wanted} "
+            f"loader workers ({prefetch} x {batch_bytes / 1e6:.0f} MB batches each); "
+            "enlarge it (docker run --shm-size=8g) for full speed",
+            flush=True,
+        )
+    return fits
 
 
 @torch.no_grad()
@@ -119,35 +193,50 @@ def embed_images(
     `transform` maps one uint8 [3, h, w] image to a normalised [3, S, S] tensor; random
     transforms are seeded per image from the caller's global RNG (see
     `_TransformedImages`). On a GPU the forward runs in bf16 autocast on large batches
-    (default 512) fed by `num_workers` loader processes (default min(8, CPUs)) into
-    pinned memory, so the next batch is ready while the GPU works; on the CPU the
-    transforms run in this process (workers would only compete with the forward for
-    the cores). The output is float32 either way.
+    (default 512) fed by `num_workers` loader processes (default min(8, CPUs), fewer
+    when /dev/shm is small: `loader_workers`) into pinned memory, so the next batch is
+    ready while the GPU works; the workers hand over uint8 views and the final
+    normalisation runs on the GPU. On the CPU the transforms run in this process
+    (workers would only compete with the forward for the cores) and stay float32. The
+    output is float32 either way.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     backbone.to(device)
     if batch_size is None:
         batch_size = 512 if on_gpu else 256
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if on_gpu else 0
+    normalize = None
+    if on_gpu:
+        transform, normalize = _split_normalize(transform)
+    if num_workers is None and not on_gpu:
+        num_workers = 0
+    if on_gpu or num_workers:
+        item_bytes = 3 * backbone.image_size**2 * (1 if normalize else 4)
+        num_workers = loader_workers(num_workers, batch_size * item_bytes)
+    mean = std = None
+    if normalize is not None:
+        mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
+        std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
     base_seed = int(torch.randint(0, 2**62, ()).item())
     loader = torch.utils.data.DataLoader(
-        _TransformedImages(images, transform, base_seed),
+        _TransformedImages(images, transform, base_seed, as_uint8=normalize is not None),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=on_gpu,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=PREFETCH if num_workers > 0 else None,
     )
     out, done = [], 0
     last_print = time.monotonic()
     # Seeding per image moves the global generator: give the caller's back afterwards.
     with torch.random.fork_rng(devices=[]):
         for batch in loader:
+            x = batch.to(device, non_blocking=True)
+            if mean is not None:
+                x = (x.float() / 255 - mean) / std
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
                 # Kept on the device until the end: a .cpu() per batch would make the GPU
                 # wait for the host every step.
-                out.append(backbone.embed(batch.to(device, non_blocking=True)).float())
+                out.append(backbone.embed(x).float())
             done += len(batch)
             if progress and time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
@@ -174,7 +263,7 @@ def compute_bank(
     from jepa.batch_augment import BatchViews
 
     size = backbone.image_size
-    batched = torch.device(device).type == "cpu"
+    batched = torch.device(device).type == "cpu"  # as `compute_mode` says: keep them in step
     clean = clean_transform(size)
     augment = view_transform(aug_strength, size)
     if batched:

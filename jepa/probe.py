@@ -48,8 +48,10 @@ def linear_probe(
     from the previous one (C ascending), which is several times faster on 1,280-d
     features and 200 classes.
     """
+    # Inputs may live on any device (a GPU trial's embeddings, say): the probe runs on
+    # the CPU, like scikit-learn's.
     train_x, eval_x = _as_numpy(train_x), _as_numpy(eval_x)
-    train_y, eval_y = np.asarray(train_y), np.asarray(eval_y)
+    train_y, eval_y = _as_numpy(train_y), _as_numpy(eval_y)
     counts = np.bincount(train_y)
     present = counts[counts > 0]
     # A stratified slice needs two images of every class and room for each in the slice.
@@ -149,7 +151,8 @@ def knn_accuracy(
     training embeddings votes for its class with weight exp(sim / T).
 
     train_x: [N, D], eval_x: [M, D]; labels int64. Returns accuracy in 0..1. Runs on
-    train_x's device; the other inputs are moved there (callers mix CPU and GPU tensors).
+    train_x's device; the other inputs are moved there (callers mix CPU and GPU tensors:
+    a GPU trial's diagnostics pass embeddings from the GPU with labels from the CPU).
     """
     device = torch.as_tensor(train_x).device
     train_x = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)

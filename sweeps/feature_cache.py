@@ -16,10 +16,15 @@ import torch
 
 from jepa.backbones import BackboneSpec, build_backbone
 from jepa.data import ImageDataset
-from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank
+from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank, compute_mode
 
 
-@ray.remote(num_cpus=0)
+# num_gpus in the decorator (the share actually used comes from `.options`), and
+# max_calls=1: the worker process exits after each bank and hands back its CUDA context,
+# PyTorch's cached GPU memory (the backbone's weights and more, which Ray no longer counts
+# once the task ends) and its GPU mapping. Ray sets max_calls=1 by itself only when
+# num_gpus is in the decorator (ray/remote_function.py, ray-project/ray#29624).
+@ray.remote(num_cpus=0, num_gpus=1, max_calls=1)
 def _compute_on_gpu(
     backbone: BackboneSpec, dataset: ImageDataset, aug_strength: float, n_views: int, seed: int
 ) -> FeatureBank:
@@ -69,6 +74,7 @@ class FeatureCacheActor:
             n_views=n_views,
             image_size=self.backbone().image_size,
             seed=self.seed,
+            compute=compute_mode(self.device),
         )
 
     def backbone(self):

@@ -32,7 +32,14 @@ from jepa.config import OBJECTIVES, TrialConfig
 from jepa.data import DatasetSpec, describe, load_dataset
 from jepa.errors import UserInputError
 from jepa.evaluate import clean_bank, evaluate_representation, load_predictor
-from jepa.features import DEFAULT_VIEWS, FeatureBank, FeatureKey, FeatureStore, compute_bank
+from jepa.features import (
+    DEFAULT_VIEWS,
+    FeatureBank,
+    FeatureKey,
+    FeatureStore,
+    compute_bank,
+    compute_mode,
+)
 from jepa.train import EvalSet, save_predictor, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import tracking
@@ -215,6 +222,7 @@ def train_single(opts: SingleOptions) -> SingleResult:
         n_views=opts.views,
         image_size=backbone.image_size,
         seed=cfg.seed,
+        compute=compute_mode(opts.device),
     )
     bank, embedded = _bank(FeatureStore(opts.cache_dir), key, backbone, dataset, opts)
 

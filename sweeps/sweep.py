@@ -22,6 +22,7 @@ from jepa.train import STATUS_DIVERGED
 from sweeps import faults, resume, tracking
 from sweeps.cli import check_cluster, load_space_arg, resolve_paths
 from sweeps.feature_cache import FeatureCacheActor
+from sweeps.gpus import check_gpu_sharing
 from sweeps.search import FinalMetricOptunaSearch
 from sweeps.spaces import SearchSpace
 from sweeps.summary import log_sweep_summary
@@ -109,6 +110,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     )
     print(f"Backbone: {check_backbone(backbone_spec)}")
     address = args.address or os.environ.get("RAY_ADDRESS")
+    check_gpu_sharing(args.workers_per_trial, args.gpus_per_trial)
     check_cluster(address, args.gpus_per_trial)
     return SweepOptions(
         space=space,

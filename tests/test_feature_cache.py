@@ -16,7 +16,7 @@ from jepa import metrics as M
 from jepa.augment import STRENGTH_LEVELS
 from jepa.backbones import BackboneSpec, build_backbone, state_dict_hash
 from jepa.data import DatasetSpec, load_dataset
-from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank
+from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank, compute_mode
 from sweeps.spaces import list_spaces, load_space
 from tests.conftest import run_cli
 
@@ -28,6 +28,7 @@ KEY = FeatureKey(
     n_views=2,
     image_size=32,
     seed=0,
+    compute=compute_mode("cpu"),
 )
 CHANGED = {
     "weights_hash": "v" * 64,
@@ -37,6 +38,7 @@ CHANGED = {
     "n_views": 3,
     "image_size": 64,
     "seed": 1,
+    "compute": compute_mode("cuda"),
 }
 
 
@@ -141,6 +143,7 @@ def real_key(backbone, dataset, **changes) -> FeatureKey:
         n_views=2,
         image_size=backbone.image_size,
         seed=0,
+        compute=compute_mode("cpu"),
     )
     return dataclasses.replace(key, **changes)
 
