@@ -71,10 +71,14 @@ def skipped(why: str) -> None:
 
 
 def have(module: str) -> bool:
+    """Installed, not merely a folder of that name on the path: this project's `mlflow/`
+    (server scripts, no `__init__.py`) is a namespace package to `find_spec`, which made
+    MLflow look installed on a machine without it (origin None)."""
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):  # ValueError: blocked in sys.modules
         return False
+    return spec is not None and spec.origin is not None
 
 
 def sh(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -296,9 +300,13 @@ def ray_checks(checkpoint: Path, data: Path, tmp: Path) -> None:
     """4 trials sharing the GPU, what idle Ray workers hold afterwards, and the DDP case."""
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = "6391"
-    sh([ray_bin, "start", "--head", f"--port={port}", "--num-gpus=1", "--disable-usage-stats"], 120)
     address = f"127.0.0.1:{port}"
     try:
+        proc = sh(
+            [ray_bin, "start", "--head", f"--port={port}", "--num-gpus=1", "--disable-usage-stats"],
+            120,
+        )
+        assert proc.returncode == 0, "ray start failed (its logs: /tmp/ray/session_latest/logs)"
         data_flags = ["--checkpoint", str(checkpoint), "--data", str(data)]
         data_flags += ["--images-per-class", "10", "--eval-per-class", "5"]
         proc = sh(
@@ -320,7 +328,10 @@ def ray_checks(checkpoint: Path, data: Path, tmp: Path) -> None:
         )
         assert proc.returncode == 2, "several workers on one GPU: expected exit 2"
     finally:
-        sh([ray_bin, "stop", f"--address={address}"], 120)
+        # `ray stop` takes no address: it stops every Ray process on this machine (a
+        # failed `ray start` leaves its GCS running too), which is why this step is for
+        # a machine of its own.
+        sh([ray_bin, "stop"], 120)
 
 
 def extraction(checkpoint: Path, device: torch.device) -> None:

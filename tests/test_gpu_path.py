@@ -271,3 +271,20 @@ def test_gpu_check_runs_its_cpu_parts_here():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no GPU: skipped" in proc.stdout
+
+
+def test_gpu_check_counts_a_bare_folder_as_not_installed(tmp_path, monkeypatch):
+    """A folder without `__init__.py` on the path is a namespace package to `find_spec`:
+    the project's own `mlflow/` (server scripts) made MLflow look installed on the H200,
+    where it is not. `have` counts real modules only."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    (tmp_path / "bare_folder_xyz").mkdir()
+    (tmp_path / "real_module_xyz.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not gpu_check.have("bare_folder_xyz")
+    assert gpu_check.have("real_module_xyz")
+    assert gpu_check.have("json") and not gpu_check.have("no_such_module_xyz")
