@@ -66,28 +66,28 @@ def linear_probe(
     # A stratified slice needs two images of every class and room for each in the slice.
     can_stratify = present.min() >= 2 and HELDOUT_FRACTION * len(train_y) >= len(present)
     stratify = train_y if can_stratify else None
-    fit_x, val_x, fit_y, val_y = train_test_split(
+    fit_x, held_x, fit_y, held_y = train_test_split(
         train_x, train_y, test_size=HELDOUT_FRACTION, random_state=seed, stratify=stratify
     )
     n_classes = int(max(train_y.max(), eval_y.max())) + 1
     if val_y is not None:
         val_y = np.asarray(val_y)
         n_classes = max(n_classes, int(val_y.max()) + 1)
-    best_c, best_val, best_init = c_grid[0], -1.0, None
+    best_c, best_held, best_init = c_grid[0], -1.0, None
     init = None
     for c in sorted(c_grid):
         model = _ScaledLogReg(fit_x, fit_y, n_classes, c, init)
         init = model.params
-        val = model.score(val_x, val_y)
-        if val > best_val:
-            best_c, best_val, best_init = c, val, model.params
+        held = model.score(held_x, held_y)
+        if held > best_held:
+            best_c, best_held, best_init = c, held, model.params
     final = _ScaledLogReg(train_x, train_y, n_classes, best_c, best_init)
     accuracy = final.score(eval_x, eval_y)
     val_accuracy = None if val_x is None else final.score(_as_numpy(val_x), val_y)
     return ProbeResult(
         accuracy=float(accuracy),
         C=best_c,
-        heldout_accuracy=float(best_val),
+        heldout_accuracy=float(best_held),
         val_accuracy=val_accuracy,
     )
 
