@@ -420,7 +420,10 @@ def _sweep(
         f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
         f"{report.importances or report.importance_note}"
     )
-    print_table(summary, opts.space, opts.seed)
+    lines = print_table(summary, opts.space, opts.seed)
+    # The parent run's description in the MLflow UI: the same table and answer.
+    note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
+    tracking.set_tags(client, parent_id, {"mlflow.note.content": note + "\n".join(lines) + "\n```"})
     return summary
 
 
@@ -590,12 +593,21 @@ def _log_summary(client, parent_id: str, summary: SweepSummary, seed: int) -> No
     tracking.log_metrics(client, parent_id, values)
 
 
-def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> None:
+def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
+    """Print `summary_lines` (and return them)."""
+    lines = summary_lines(summary, space, seed)
+    print("\n".join(lines))
+    return lines
+
+
+def summary_lines(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
     """One line per config (n seeds, validation and test means with 95% intervals,
     paired lift, statuses), best validation mean first; the baselines; then the answer,
     or, when every trial collapsed, what that means and the way out, as the last lines."""
     keys = list(space.params)
-    header = [*keys, "n", "val_probe_acc [95% CI]", "test_probe_acc [95% CI]", "lift", "status"]
+    header = [*keys, "n", "val_probe_acc [95% CI]", "test_probe_acc [95% CI]", "lift"]
+    header += ["plain", "status"]
+    out: list[str] = []
     lines = [header]
     for c in summary.report.configs:
         lines.append(
@@ -605,12 +617,14 @@ def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> None:
                 c.val.text() if c.val else "-",
                 c.test.text() if c.test else "-",
                 c.lift.text(sign=True) if c.lift else "-",
+                f"{c.plain.mean:.4f}" if c.plain else "-",
                 " ".join(f"{k}:{v}" for k, v in sorted(c.statuses.items())),
             ]
         )
     for kind, by_seed in summary.baselines.scores.items():
         val = mean_interval(v[M.VAL_PROBE_ACCURACY] for v in by_seed.values())
         test = mean_interval(v[M.PROBE_ACCURACY] for v in by_seed.values())
+        plain = mean_interval(v[M.PROBE_ACCURACY_PLAIN] for v in by_seed.values())
         lines.append(
             [
                 *("-" for _ in keys),
@@ -618,36 +632,37 @@ def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> None:
                 val.text() if val else "-",
                 test.text() if test else "-",
                 "",
+                f"{plain.mean:.4f}" if plain else "-",
                 f"baseline: {kind.replace('_', ' ')}",
             ]
         )
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    print()
+    out.append("")
     for i, row in enumerate(lines):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
+            out.append("  ".join("-" * w for w in widths))
+    out.append("")
     diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
     collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
-    print(
+    out.append(
         f"{summary.finished} trials finished ({collapsed} collapsed, {diverged} diverged), "
         f"{summary.failed} failed; backbone ran on {summary.backbone_images} images."
     )
     if summary.failed:
-        print(
+        out.append(
             "Failed trials: traceback.txt in each attempt's MLflow run (tag jepa.attempt); "
             "Ray's logs in /tmp/ray/session_latest/logs."
         )
     raw = summary.baselines.scores[M.BASELINE_RAW][seed][M.PROBE_ACCURACY]
     best = summary.best
     if best is not None:
-        print(
+        out.append(
             f"Best (chosen on {M.SEARCH_METRIC}, collapsed and diverged trials excluded): "
             f"{best.config} over {len(best.runs)} seed(s) {best.seeds}: "
             f"val {best.val.text()}"
         )
-        print(
+        out.append(
             f"Test: {M.TEST_PROBE_ACCURACY}={best.test.text()} (raw backbone {raw:.4f}); "
             f"{M.TEST_PROBE_LIFT}={best.lift.text(sign=True) if best.lift else '-'} "
             "(paired by seed)"
@@ -658,18 +673,19 @@ def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> None:
             )
         )
     elif summary.report.all_collapsed:
-        print(
+        out.append(
             f"No best configuration: every trial that ended collapsed or diverged "
             f"({collapsed} collapsed, {diverged} diverged), so none is a representation "
             f"to choose; the raw backbone's probe ({raw:.4f}) is the answer for now."
         )
-        print(
+        out.append(
             "Way out: an objective that does not collapse, e.g. "
             "`python sweeps/run.py --space objective` (stopgrad, ema, vicreg; "
             'README, "Collapse and objectives").'
         )
     else:
-        print("No best configuration: no trial finished.")
+        out.append("No best configuration: no trial finished.")
+    return out
 
 
 def _fmt_param(value: str) -> str:
