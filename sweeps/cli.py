@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("interrupted before the sweep started; nothing to resume", file=sys.stderr)
         return 130
+    print("\n".join(summary.verdict))
     return 0 if summary.finished > 0 else 1
 
 

@@ -131,6 +131,8 @@ class SweepSummary:
     baselines: Baselines
     untrained_lift: Interval | None = None
     """The best config's test score minus the untrained predictor's, paired by seed."""
+    verdict: list[str] = field(default_factory=list)
+    """`verdict_lines`: what the CLI prints last."""
 
     @property
     def best(self) -> ConfigStats | None:
@@ -421,6 +423,7 @@ def _sweep(
         f"{report.importances or report.importance_note}"
     )
     lines = print_table(summary, opts.space, opts.seed)
+    summary.verdict = verdict_lines(summary, opts.seed)
     # The parent run's description in the MLflow UI: the same table and answer.
     note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
     tracking.set_tags(client, parent_id, {"mlflow.note.content": note + "\n".join(lines) + "\n```"})
@@ -594,10 +597,11 @@ def _log_summary(client, parent_id: str, summary: SweepSummary, seed: int) -> No
 
 
 def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
-    """Print `summary_lines` (and return them)."""
+    """Print `summary_lines` (and return them with `verdict_lines`, which `sweeps.cli`
+    prints last, after Ray has stopped and its workers' log lines are out)."""
     lines = summary_lines(summary, space, seed)
     print("\n".join(lines))
-    return lines
+    return lines + verdict_lines(summary, seed)
 
 
 def summary_lines(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
@@ -654,6 +658,15 @@ def summary_lines(summary: SweepSummary, space: SearchSpace, seed: int) -> list[
             "Failed trials: traceback.txt in each attempt's MLflow run (tag jepa.attempt); "
             "Ray's logs in /tmp/ray/session_latest/logs."
         )
+    return out
+
+
+def verdict_lines(summary: SweepSummary, seed: int) -> list[str]:
+    """The answer: the best config by validation with its test score and paired lifts;
+    or, when every trial collapsed or diverged, that there is no best and the way out."""
+    out: list[str] = []
+    diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
+    collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
     raw = summary.baselines.scores[M.BASELINE_RAW][seed][M.PROBE_ACCURACY]
     best = summary.best
     if best is not None:
