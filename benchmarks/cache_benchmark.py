@@ -206,7 +206,7 @@ def read_back(uri: str, mode: str, wall: float) -> SweepRun:
         mode=mode,
         wall_s=wall,
         backbone_images=parent.data.metrics.get("backbone_images", float("nan")),
-        best_probe_accuracy=parent.data.metrics.get("best_probe_accuracy"),
+        best_probe_accuracy=parent.data.metrics.get("test_probe_accuracy"),
         trials=[{k: v for k, v in t.data.metrics.items() if k in TIME_METRICS} for t in trials],
     )
 
@@ -230,7 +230,7 @@ def time_evaluation(repeats: int) -> tuple[float, float]:
         y = torch.arange(classes).repeat_interleave(per_class)
         return centres[y] + torch.randn(len(y), dim, generator=g), y
 
-    bank = FeatureBank(torch.empty(0, 0, dim), *split(10), *split(10))
+    bank = FeatureBank(torch.empty(0, 0, dim), *split(10), *split(10), *split(10))
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         # One untimed run first: a trial has imported everything (and built an

@@ -1,12 +1,15 @@
 """Image data sets in the one form the platform uses.
 
-An `ImageDataset` holds uint8 images at their native size, [N, 3, h, w], for a training
-and an evaluation split; views are resized to the backbone's input size later, so a
-2,000-image subset of Tiny-ImageNet stays ~25 MB instead of ~1.2 GB at 224x224.
+An `ImageDataset` holds uint8 images at their native size, [N, 3, h, w], in three
+disjoint labelled splits: train (what the predictor and the probes fit), validation
+(what the search selects on: Optuna's metric, ASHA, the best config) and test (reported
+once, for the chosen config; called `eval_*` in the code, its historical name). Views
+are resized to the backbone's input size later, so a 2,000-image subset of
+Tiny-ImageNet stays ~25 MB instead of ~1.2 GB at 224x224.
 
 Data sets:
 - `digits`: scikit-learn's handwritten digits (1,797 8x8 greyscale images, 10 classes,
-  shipped with scikit-learn), split 70/30 stratified: the embedded demo.
+  shipped with scikit-learn), split 60/20/20 stratified: the embedded demo.
 - a Tiny-ImageNet-200 folder in its official layout: see `jepa.tiny_imagenet`.
 """
 
@@ -22,7 +25,10 @@ import torch
 from jepa.errors import UserInputError
 
 DIGITS = "digits"
-DIGITS_EVAL_FRACTION = 0.3
+# The demo's three-way split: test and validation fractions of the 1,797 images (360
+# and 359 images), the rest (1,078) for training.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,9 @@ class DatasetSpec:
     images_per_class: int | None = None
     """Training images per class; None = all (digits) or 10 (Tiny-ImageNet, the seed's 2,000)."""
     eval_per_class: int | None = None
-    """Evaluation images per class; None = all."""
+    """Test images per class; None = all."""
+    val_per_class: int | None = None
+    """Validation images per class; None = all (digits) or 10 (Tiny-ImageNet)."""
     seed: int = 0
     skip_bad_images: bool = False
 
@@ -44,9 +52,10 @@ class DatasetSpec:
 
 @dataclass
 class ImageDataset:
-    """Two labelled splits of uint8 images.
+    """Three disjoint labelled splits of uint8 images.
 
-    train_images: [N, 3, h, w] uint8; train_labels: [N] int64 (same for eval_*).
+    train_images: [N, 3, h, w] uint8; train_labels: [N] int64; the same for val_*
+    (validation, [V, ...]) and eval_* (test, [M, ...]).
     """
 
     name: str
@@ -54,6 +63,8 @@ class ImageDataset:
     train_labels: torch.Tensor
     eval_images: torch.Tensor
     eval_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
     class_names: list[str]
     manifest_hash: str
     """SHA-256 over what was loaded (files and labels), part of the embedding-cache key."""
@@ -74,7 +85,9 @@ def load_dataset(spec: DatasetSpec) -> ImageDataset:
 
 
 def load_digits(spec: DatasetSpec) -> ImageDataset:
-    """scikit-learn's digits as 3-channel uint8 8x8 images, split 70/30 stratified."""
+    """scikit-learn's digits as 3-channel uint8 8x8 images, split 60/20/20 stratified
+    into train, validation and test (the same split whatever the seed: the seed picks
+    subsets within it)."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -83,20 +96,30 @@ def load_digits(spec: DatasetSpec) -> ImageDataset:
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     images = np.repeat(images[:, None, :, :], 3, axis=1)
     labels = bunch.target.astype(np.int64)
-    idx_train, idx_eval = train_test_split(
-        np.arange(len(labels)), test_size=DIGITS_EVAL_FRACTION, stratify=labels, random_state=0
+    idx_rest, idx_eval = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=0
+    )
+    idx_train, idx_val = train_test_split(
+        idx_rest,
+        test_size=DIGITS_VAL_FRACTION / (1 - DIGITS_TEST_FRACTION),
+        stratify=labels[idx_rest],
+        random_state=0,
     )
     idx_train = balanced_subset(labels[idx_train], spec.images_per_class, spec.seed, idx_train)
+    idx_val = balanced_subset(labels[idx_val], spec.val_per_class, spec.seed, idx_val)
     idx_eval = balanced_subset(labels[idx_eval], spec.eval_per_class, spec.seed, idx_eval)
     digest = hashlib.sha256()
-    for part in (images[idx_train], labels[idx_train], images[idx_eval], labels[idx_eval]):
-        digest.update(np.ascontiguousarray(part).tobytes())
+    for idx in (idx_train, idx_val, idx_eval):
+        digest.update(np.ascontiguousarray(images[idx]).tobytes())
+        digest.update(np.ascontiguousarray(labels[idx]).tobytes())
     return ImageDataset(
         name=DIGITS,
         train_images=torch.from_numpy(images[idx_train]),
         train_labels=torch.from_numpy(labels[idx_train]),
         eval_images=torch.from_numpy(images[idx_eval]),
         eval_labels=torch.from_numpy(labels[idx_eval]),
+        val_images=torch.from_numpy(images[idx_val]),
+        val_labels=torch.from_numpy(labels[idx_val]),
         class_names=[str(d) for d in range(10)],
         manifest_hash=digest.hexdigest(),
     )

@@ -20,7 +20,7 @@ from jepa.errors import UserInputError
 from jepa.features import FeatureBank, embed_images
 from jepa.plots import save_tsne_picture
 from jepa.predictor import HierarchicalPredictor
-from jepa.probe import collapse_metrics, knn_accuracy, linear_probe
+from jepa.probe import collapse_metrics, knn_accuracy, linear_probe, probe_accuracy_plain
 
 if TYPE_CHECKING:  # a trial's worker evaluates cached embeddings: no timm, no torchvision
     from jepa.backbones import FrozenBackbone
@@ -38,20 +38,36 @@ def evaluate_representation(
     """Metrics of `transform` applied to the bank's clean embeddings.
 
     transform: [N, D] -> [N, D'] (a trained predictor), or None for the raw backbone.
-    Probe and kNN train on the training split and score the evaluation split; the
-    collapse metrics use the training split; the t-SNE picture shows the eval split.
-    Everything runs on the CPU, where the bank lives: a module `transform` trained on a
-    GPU is moved there first.
+    Every probe trains on the training split. The standardised probe (C chosen on a
+    held-out slice of train drawn by `seed`) scores the validation split
+    (`val_probe_accuracy`, what the search selects on) and the test split
+    (`probe_accuracy`); the seed's plain probe scores the test split; kNN scores the
+    validation split, as it does every epoch. The collapse metrics use the training
+    split; the t-SNE picture shows the test split. Everything runs on the CPU, where
+    the bank lives: a module `transform` trained on a GPU is moved there first.
     """
     if isinstance(transform, torch.nn.Module):
         transform = transform.cpu()
     f = transform or (lambda x: x)
     train_z, eval_z = f(bank.train_clean).float().cpu(), f(bank.eval_clean).float().cpu()
-    probe = linear_probe(train_z, bank.train_labels, eval_z, bank.eval_labels, seed=seed)
+    val_z = f(bank.val_clean).float().cpu()
+    probe = linear_probe(
+        train_z,
+        bank.train_labels,
+        eval_z,
+        bank.eval_labels,
+        seed=seed,
+        val_x=val_z,
+        val_y=bank.val_labels,
+    )
     std, rank = collapse_metrics(train_z)
     out = {
+        M.VAL_PROBE_ACCURACY: probe.val_accuracy,
         M.PROBE_ACCURACY: probe.accuracy,
-        M.KNN_ACCURACY: knn_accuracy(train_z, bank.train_labels, eval_z, bank.eval_labels),
+        M.PROBE_ACCURACY_PLAIN: probe_accuracy_plain(
+            train_z, bank.train_labels, eval_z, bank.eval_labels
+        ),
+        M.KNN_ACCURACY: knn_accuracy(train_z, bank.train_labels, val_z, bank.val_labels),
         M.EMBEDDING_STD: std,
         M.EFFECTIVE_RANK: rank,
         "probe_C": probe.C,
@@ -65,6 +81,23 @@ def evaluate_representation(
             seed=seed,
         )
     return out
+
+
+def untrained_predictor(dim: int, cfg: TrialConfig) -> HierarchicalPredictor:
+    """The predictor a run of `cfg` starts from: its random initialisation under
+    `cfg.seed`, drawn as `jepa.train.train_predictor` draws it (seed, then build),
+    never trained. Maps [N, dim] -> [N, dim]; the sweep's second baseline."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return HierarchicalPredictor(dim, cfg.predictor_width, cfg.depth).eval()
+
+
+def raw_probe_accuracy(bank: FeatureBank, seed: int) -> float:
+    """The raw backbone's standardised probe on the test split at `seed` (the held-out
+    slice that picks C is the seed's): what a trial of that seed is paired against."""
+    return linear_probe(
+        bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels, seed=seed
+    ).accuracy
 
 
 def load_predictor(path: str | Path) -> tuple[HierarchicalPredictor, TrialConfig]:
@@ -94,7 +127,8 @@ def load_predictor(path: str | Path) -> tuple[HierarchicalPredictor, TrialConfig
 def clean_bank(
     backbone: FrozenBackbone, dataset: ImageDataset, device: str | torch.device = "cpu"
 ) -> FeatureBank:
-    """The clean embeddings of both splits (no augmented views), [N, D] and [M, D]:
+    """The clean embeddings of the three splits (no augmented views), [N, D], [K, D]
+    and [M, D]:
     everything `evaluate_representation` needs. The clean transform is deterministic, so
     these equal the ones the run was evaluated on."""
     from jepa.augment import clean_transform
@@ -106,6 +140,8 @@ def clean_bank(
         train_labels=dataset.train_labels.clone(),
         eval_clean=embed_images(backbone, dataset.eval_images, clean, device=device),
         eval_labels=dataset.eval_labels.clone(),
+        val_clean=embed_images(backbone, dataset.val_images, clean, device=device),
+        val_labels=dataset.val_labels.clone(),
     )
 
 

@@ -1,10 +1,10 @@
 """Embeddings of the frozen backbone, computed once per key and kept on disk.
 
 The backbone never changes during a sweep, so a trial needs only its outputs: V
-augmented views of every training image plus one clean view of every image of both
-splits. `compute_bank` makes them; `FeatureStore` keeps them on disk under a key of
-everything they depend on, with a checksum so that a damaged or partial file is
-recomputed, never used.
+augmented views of every training image plus one clean view of every image of the
+three splits (train, validation, test). `compute_bank` makes them; `FeatureStore`
+keeps them on disk under a key of everything they depend on, with a checksum so that a
+damaged or partial file is recomputed, never used.
 """
 
 from __future__ import annotations
@@ -80,11 +80,13 @@ class FeatureKey:
 
 @dataclass
 class FeatureBank:
-    """Backbone embeddings for one key. N = train images, M = eval images, V = views.
+    """Backbone embeddings for one key. N = train images, V = views, K = validation
+    images, M = test images.
 
     views: [N, V, D] float32, V augmented views of each training image.
     train_clean: [N, D]; train_labels: [N] int64.
-    eval_clean: [M, D]; eval_labels: [M] int64.
+    eval_clean: [M, D]; eval_labels: [M] int64: the test split.
+    val_clean: [K, D]; val_labels: [K] int64: the validation split (the search's).
     """
 
     views: torch.Tensor
@@ -92,12 +94,14 @@ class FeatureBank:
     train_labels: torch.Tensor
     eval_clean: torch.Tensor
     eval_labels: torch.Tensor
+    val_clean: torch.Tensor
+    val_labels: torch.Tensor
 
     @property
     def images_embedded(self) -> int:
         """Backbone forward passes (images) it took to make this bank."""
         n, v, _ = self.views.shape
-        return n * v + len(self.train_clean) + len(self.eval_clean)
+        return n * v + len(self.train_clean) + len(self.val_clean) + len(self.eval_clean)
 
     def to_state(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in _BANK_FIELDS}
@@ -107,7 +111,15 @@ class FeatureBank:
         return cls(**{k: state[k] for k in _BANK_FIELDS})
 
 
-_BANK_FIELDS = ("views", "train_clean", "train_labels", "eval_clean", "eval_labels")
+_BANK_FIELDS = (
+    "views",
+    "train_clean",
+    "train_labels",
+    "eval_clean",
+    "eval_labels",
+    "val_clean",
+    "val_labels",
+)
 
 
 class _TransformedImages(torch.utils.data.Dataset):
@@ -289,6 +301,8 @@ def compute_bank(
             backbone, dataset.eval_images, clean, device=device, progress="clean eval"
         ),
         eval_labels=dataset.eval_labels.clone(),
+        val_clean=embed(backbone, dataset.val_images, clean, device=device, progress="clean val"),
+        val_labels=dataset.val_labels.clone(),
     )
 
 

@@ -1,8 +1,18 @@
 """Metric and tag names, defined once and used by training, Tune, MLflow and tests."""
 
 TRAIN_LOSS = "train_loss"
+# The three splits (jepa.data): the search sees validation scores only; the test split's
+# score is reported, never selected on.
+VAL_PROBE_ACCURACY = "val_probe_accuracy"
+"""Standardised linear probe (jepa.probe.linear_probe) on the validation split."""
 PROBE_ACCURACY = "probe_accuracy"
+"""The same probe on the test split."""
+PROBE_ACCURACY_PLAIN = "probe_accuracy_plain"
+"""The seed's probe (unstandardised, scikit-learn defaults) on the test split."""
+BASELINE_PROBE_ACCURACY = "baseline_probe_accuracy"
+"""The raw backbone's probe_accuracy at the trial's seed."""
 KNN_ACCURACY = "knn_accuracy"
+"""kNN accuracy on the validation split (per epoch: what ASHA prunes on)."""
 EMBEDDING_STD = "embedding_std"
 EFFECTIVE_RANK = "effective_rank"
 # The output's embedding_std over the raw backbone's (the collapse rule's first sign),
@@ -11,12 +21,27 @@ EMBEDDING_STD_RATIO = "embedding_std_ratio"
 BACKBONE_EMBEDDING_STD = "backbone_embedding_std"
 BACKBONE_EFFECTIVE_RANK = "backbone_effective_rank"
 PROBE_LIFT = "probe_lift"
+"""probe_accuracy - baseline_probe_accuracy (test split, same seed)."""
 EPOCH = "epoch"
 
-# The metric Optuna maximises.
-SEARCH_METRIC = PROBE_ACCURACY
+# The metric Optuna maximises, ASHA's (per epoch) and the parent run's param naming it.
+SEARCH_METRIC = VAL_PROBE_ACCURACY
 SEARCH_MODE = "max"
+ASHA_METRIC = KNN_ACCURACY
+PARAM_SEARCH_METRIC = "search_metric"
 
+# The parent run's answer: the best config (chosen on validation, collapsed and
+# diverged trials excluded), its mean test score over its seeds with a t-based 95%
+# interval, and its lift over the raw backbone paired on the same seeds and splits
+# (the untrained predictor's too).
+TEST_PROBE_ACCURACY = "test_probe_accuracy"
+TEST_PROBE_LIFT = "test_probe_lift"
+TEST_PROBE_LIFT_UNTRAINED = "test_probe_lift_untrained"
+CI_LOW = "_ci95_low"
+CI_HIGH = "_ci95_high"
+"""Suffixes of an interval's bounds: `test_probe_accuracy_ci95_low` etc."""
+BEST_SEEDS = "best_config_seeds"
+"""How many seeds the best config ran with (the n of its interval)."""
 # MLflow tags.
 TAG_ROLE = "jepa.role"
 ROLE_SWEEP = "sweep"
@@ -36,6 +61,13 @@ TAG_HOST = "jepa.host"
 TAG_SWEEP_NAME = "jepa.sweep"
 # "true" on a trial-like run made by `python -m jepa.train` outside any sweep.
 TAG_SINGLE = "jepa.single"
+TAG_BEST_RUN = "jepa.best_run_id"
+# Which baseline a baseline run is: the raw backbone or the untrained predictor.
+TAG_BASELINE = "jepa.baseline"
+BASELINE_RAW = "raw_backbone"
+BASELINE_UNTRAINED = "untrained_predictor"
+# "true" on a sweep whose trials all collapsed or diverged: it has no best config.
+TAG_ALL_COLLAPSED = "jepa.all_collapsed"
 
 # Artifact names.
 TSNE_ARTIFACT = "tsne_embeddings.png"

@@ -49,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="search space: NAME for search_spaces/NAME.yaml, or the path of a .yaml file",
     )
     what.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
-    what.add_argument("--num-samples", type=_positive_int, default=8, help="trials to run")
+    what.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=8,
+        help="configurations Optuna proposes (the sweep runs num-samples x seeds trials)",
+    )
+    what.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="seeds per configuration: each runs K times (seeds S..S+K-1 for a new one), "
+        "reported as a mean with a 95%% interval; a config proposed again gets new seeds",
+    )
     what.add_argument(
         "--max-epochs",
         type=_positive_int,
@@ -69,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         choices=("none", "asha"),
         default="none",
-        help="early stopping of poor trials (ASHA on knn_accuracy)",
+        help="early stopping of poor trials (ASHA on the validation split's knn_accuracy)",
     )
     what.add_argument(
         "--max-failures",
@@ -160,10 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="training images per class (default: 10 for Tiny-ImageNet, all for digits)",
     )
     model.add_argument(
+        "--val-per-class",
+        type=_positive_int,
+        default=None,
+        help="validation images per class, what the search selects on (default: 10 for "
+        "Tiny-ImageNet, from the training folders outside the training subset; all of "
+        "the demo's validation split)",
+    )
+    model.add_argument(
         "--eval-per-class",
         type=_positive_int,
         default=None,
-        help="evaluation images per class (default: all)",
+        help="test images per class, reported for the chosen config (default: all)",
     )
     model.add_argument(
         "--skip-bad-images",
@@ -216,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("interrupted before the sweep started; nothing to resume", file=sys.stderr)
         return 130
+    print("\n".join(summary.verdict))
     return 0 if summary.finished > 0 else 1
 
 

@@ -56,8 +56,9 @@ class SweepState:
     fingerprint: dict[str, Any]
     """Options that must not change on resume (config, data, backbone, trial count)."""
     status: str = RUNNING
-    baseline: dict[str, float] | None = None
-    """The baseline run's scores once it finished (a resume does not redo it)."""
+    baseline: dict[str, Any] | None = None
+    """The baseline runs' ids and scores by seed once they finished (a resume does not
+    redo them): `sweeps.sweep.Baselines.to_state`."""
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     """The driver that last ran the sweep; a live one must not be resumed twice."""
@@ -279,6 +280,7 @@ def fingerprint(opts: Any, base_config: dict[str, Any], backbone_hash: str, data
         "space_sha256": hashlib.sha256(Path(opts.space.path).read_bytes()).hexdigest()[:16],
         "base_config": base_config,
         "num_samples": opts.num_samples,
+        "seeds": opts.seeds,
         "max_concurrent": opts.max_concurrent,
         "max_failures": opts.max_failures,
         "scheduler": opts.scheduler,

@@ -248,6 +248,7 @@ def train_single(opts: SingleOptions) -> SingleResult:
                 "backbone_sha256": backbone_hash,
                 "dataset_manifest": dataset.manifest_hash,
                 "train_images": len(dataset.train_images),
+                "val_images": len(dataset.val_images),
                 "eval_images": len(dataset.eval_images),
                 PARAM_IMAGES_PER_CLASS: opts.dataset.images_per_class,
                 PARAM_EVAL_PER_CLASS: opts.dataset.eval_per_class,
@@ -265,7 +266,8 @@ def train_single(opts: SingleOptions) -> SingleResult:
                 f"epoch {int(row[M.EPOCH])}: " + " ".join(f"{k}={v:.4g}" for k, v in values.items())
             )
 
-        evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
+        # Epoch diagnostics on the validation split, as in a sweep's trials.
+        evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
         result = train_predictor(
             cfg, CachedViewPairs(bank.views), evalset, on_epoch=on_epoch, device=opts.device
         )
@@ -281,7 +283,7 @@ def train_single(opts: SingleOptions) -> SingleResult:
         final = {
             **scores,
             M.PROBE_LIFT: scores[M.PROBE_ACCURACY] - baseline,
-            "baseline_probe_accuracy": baseline,
+            M.BASELINE_PROBE_ACCURACY: baseline,
             "backbone_images": float(embedded),
             "epochs_run": float(len(result.history)),
         }

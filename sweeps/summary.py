@@ -1,19 +1,27 @@
 """The sweep's summary in its parent MLflow run, read back from the trial runs.
 
 After the Tuner finishes, `log_sweep_summary` collects every trial run of the sweep
-from MLflow (so it sees exactly what was logged, whoever logged it) and adds to the
-parent run:
+from MLflow (so it sees exactly what was logged, whoever logged it), groups the runs by
+configuration (the swept values; the seeds are its replicates) and adds to the parent
+run:
 
+- the answer: the best config, chosen on the validation split only
+  (`val_probe_accuracy`, mean over its seeds) among configs none of whose trials
+  collapsed or diverged; its `test_probe_accuracy` (mean over its seeds) with a t-based
+  95% interval, `test_probe_lift` over the raw backbone paired seed by seed (each
+  trial's `probe_lift`) with its interval; the tag `jepa.best_run_id` (its seed with the
+  best validation score) and `best_config.yaml`. When no config qualifies, the tag
+  `jepa.all_collapsed=true` and no best;
 - `trials.csv`: one row per trial run: ids, run status, `jepa.status`, the resolved
-  config and the final metrics;
-- `best_config.yaml` and the tag `jepa.best_run_id`: the resolved config of the trial
-  with the highest probe accuracy (the `best.*` params come from `sweeps.sweep`);
+  config (seed included), the final metrics, and its config's n, mean, std and 95%
+  interval of the validation and test scores; `configs.csv`: one row per config;
 - Optuna's parameter importances (fANOVA, `optuna.importance.get_param_importances`)
-  on a study rebuilt from the finished trials: metrics `importance.<param>` and
-  `param_importances.png`; skipped, with the reason in the tag `jepa.importance`,
-  when the space sweeps fewer than 2 parameters or fewer than 3 trials finished;
+  for the validation score, on a study rebuilt from the finished trials: metrics
+  `importance.<param>` and `param_importances.png`; skipped, with the reason in the tag
+  `jepa.importance`, when the space sweeps fewer than 2 parameters or fewer than 3
+  trials finished;
 - `parallel_coordinates.png`: one line per finished trial across the swept parameters
-  and its probe accuracy, collapsed trials dashed, the baseline marked.
+  and its validation score, collapsed trials dashed, the baseline marked.
 """
 
 from __future__ import annotations
@@ -37,18 +45,24 @@ from jepa import metrics as M  # noqa: E402
 from jepa.config import TrialConfig  # noqa: E402
 from sweeps import tracking  # noqa: E402
 from sweeps.spaces import SearchSpace  # noqa: E402
+from sweeps.stats import Interval, mean_interval  # noqa: E402
 
 TRIALS_CSV = "trials.csv"
+CONFIGS_CSV = "configs.csv"
 BEST_CONFIG = "best_config.yaml"
 IMPORTANCE_PNG = "param_importances.png"
 PARALLEL_PNG = "parallel_coordinates.png"
-TAG_BEST_RUN = "jepa.best_run_id"
+TAG_BEST_RUN = M.TAG_BEST_RUN
 TAG_IMPORTANCE = "jepa.importance"
+STATUS_FINISHED = "finished"  # jepa.train.STATUS_FINISHED; the only status eligible as best
 MIN_IMPORTANCE_PARAMS = 2
 # fANOVA fits a random forest on the finished trials; with 2 it has nothing to split.
 MIN_IMPORTANCE_TRIALS = 3
 METRIC_COLUMNS = (
+    M.VAL_PROBE_ACCURACY,
     M.PROBE_ACCURACY,
+    M.PROBE_ACCURACY_PLAIN,
+    M.BASELINE_PROBE_ACCURACY,
     M.PROBE_LIFT,
     M.KNN_ACCURACY,
     M.EMBEDDING_STD,
@@ -71,14 +85,67 @@ class TrialRecord:
     params: dict[str, str]
     metrics: dict[str, float]
 
-    @property
-    def probe_accuracy(self) -> float | None:
-        value = self.metrics.get(M.PROBE_ACCURACY)
+    def metric(self, key: str) -> float | None:
+        value = self.metrics.get(key)
         return value if value is not None and math.isfinite(value) else None
 
     @property
+    def probe_accuracy(self) -> float | None:
+        """The test split's score: reported, never selected on."""
+        return self.metric(M.PROBE_ACCURACY)
+
+    @property
+    def val_probe_accuracy(self) -> float | None:
+        """The validation split's score: what the search selects on."""
+        return self.metric(M.VAL_PROBE_ACCURACY)
+
+    @property
     def finished(self) -> bool:
-        return self.run_status == "FINISHED" and self.probe_accuracy is not None
+        return self.run_status == "FINISHED" and self.val_probe_accuracy is not None
+
+
+@dataclass
+class ConfigStats:
+    """One configuration (its swept values) over the seeds it ran with."""
+
+    key: tuple[str, ...]
+    """The swept values as logged (MLflow params), in the space's order."""
+    config: dict[str, str]
+    runs: list[TrialRecord]
+    """Its trial runs that ended (run FINISHED), whatever their jepa.status."""
+    val: Interval | None
+    test: Interval | None
+    lift: Interval | None
+    """probe_lift of each seed: test score minus the raw backbone's at the same seed."""
+    plain: Interval | None
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(r.params[SEED_PARAM]) for r in self.runs if SEED_PARAM in r.params)
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.runs:
+            counts[r.status or "?"] = counts.get(r.status or "?", 0) + 1
+        return counts
+
+    @property
+    def eligible(self) -> bool:
+        """Every seed finished normally (none collapsed or diverged) and was scored."""
+        return (
+            bool(self.runs)
+            and all(r.status == STATUS_FINISHED for r in self.runs)
+            and self.val is not None
+        )
+
+    @property
+    def best_run(self) -> TrialRecord | None:
+        scored = [r for r in self.runs if r.val_probe_accuracy is not None]
+        return max(scored, key=lambda r: r.val_probe_accuracy, default=None)
+
+
+SEED_PARAM = "seed"
 
 
 @dataclass
@@ -86,10 +153,66 @@ class SummaryReport:
     """What `log_sweep_summary` logged, for the end-of-sweep printout and tests."""
 
     trials: list[TrialRecord]
-    best: TrialRecord | None
+    configs: list[ConfigStats] = field(default_factory=list)
+    best_config: ConfigStats | None = None
     importances: dict[str, float] = field(default_factory=dict)
     importance_note: str = ""
     artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The best config's run with the best validation score."""
+        return self.best_config.best_run if self.best_config else None
+
+    @property
+    def all_collapsed(self) -> bool:
+        """Trials ended, yet none qualifies: every config had a collapsed or diverged seed."""
+        return bool(self.configs) and self.best_config is None
+
+
+def group_configs(trials: list[TrialRecord], swept: list[str]) -> list[ConfigStats]:
+    """The ended trial runs grouped by their swept values, best validation mean first."""
+    groups: dict[tuple[str, ...], list[TrialRecord]] = {}
+    for t in trials:
+        if t.run_status != "FINISHED":
+            continue  # a failed or killed attempt: not a result
+        groups.setdefault(tuple(t.params.get(k, "") for k in swept), []).append(t)
+    out = []
+    for key, runs in groups.items():
+        out.append(
+            ConfigStats(
+                key=key,
+                config=dict(zip(swept, key, strict=True)),
+                runs=runs,
+                val=mean_interval(r.val_probe_accuracy for r in runs),
+                test=mean_interval(r.probe_accuracy for r in runs),
+                lift=mean_interval(r.metric(M.PROBE_LIFT) for r in runs),
+                plain=mean_interval(r.metric(M.PROBE_ACCURACY_PLAIN) for r in runs),
+            )
+        )
+    out.sort(key=lambda c: -(c.val.mean if c.val else -1.0))
+    return out
+
+
+def choose_best(configs: list[ConfigStats]) -> ConfigStats | None:
+    """The eligible config with the highest mean validation score; the test split
+    plays no part."""
+    eligible = [c for c in configs if c.eligible]
+    return max(eligible, key=lambda c: c.val.mean, default=None)
+
+
+def answer_metrics(best: ConfigStats) -> dict[str, float]:
+    """The parent run's answer: the best config's test score and paired lift, with
+    their intervals (bounds only from 2 seeds on)."""
+    values: dict[str, float] = {M.BEST_SEEDS: float(best.test.n if best.test else 0)}
+    for name, interval in ((M.TEST_PROBE_ACCURACY, best.test), (M.TEST_PROBE_LIFT, best.lift)):
+        if interval is None:
+            continue
+        values[name] = interval.mean
+        if interval.has_interval:
+            values[name + M.CI_LOW] = interval.low
+            values[name + M.CI_HIGH] = interval.high
+    return values
 
 
 def log_sweep_summary(
@@ -103,9 +226,18 @@ def log_sweep_summary(
     """
     trials = trial_records(client, experiment_id, parent_id)
     finished = [t for t in trials if t.finished]
-    best = max(finished, key=lambda t: t.probe_accuracy, default=None)
-    report = SummaryReport(trials=trials, best=best)
     swept = list(space.params)
+    configs = group_configs(trials, swept)
+    best_config = choose_best(configs)
+    report = SummaryReport(trials=trials, configs=configs, best_config=best_config)
+    best = report.best
+    if best_config is not None:
+        tracking.log_metrics(client, parent_id, answer_metrics(best_config))
+        tracking.log_params(
+            client, parent_id, {f"best.{k}": v for k, v in best_config.config.items()}
+        )
+    if report.all_collapsed:
+        tracking.set_tags(client, parent_id, {M.TAG_ALL_COLLAPSED: "true"})
     errors: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -119,10 +251,11 @@ def log_sweep_summary(
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"warning: sweep summary: {name} failed: {exc}", file=sys.stderr)
 
-        part(TRIALS_CSV, lambda: [write_trials_csv(trials, swept, out / TRIALS_CSV)])
-        if best is not None:
+        part(TRIALS_CSV, lambda: [write_trials_csv(trials, swept, out / TRIALS_CSV, configs)])
+        part(CONFIGS_CSV, lambda: [write_configs_csv(configs, swept, out / CONFIGS_CSV)])
+        if best is not None and best_config is not None:
             tracking.set_tags(client, parent_id, {TAG_BEST_RUN: best.run_id})
-            part(BEST_CONFIG, lambda: [_write_best_config(best, out / BEST_CONFIG)])
+            part(BEST_CONFIG, lambda: [_write_best_config(best, best_config, out / BEST_CONFIG)])
 
         def importances() -> list[Path]:
             values, note = param_importances(finished, space)
@@ -172,20 +305,73 @@ def trial_records(client, experiment_id: str, parent_id: str) -> list[TrialRecor
     ]
 
 
-def write_trials_csv(trials: list[TrialRecord], swept: list[str], path: Path) -> Path:
-    """Columns: ids and statuses, the swept params first, the rest of the config, metrics."""
+INTERVAL_PARTS = ("n", "mean", "std", "ci95_low", "ci95_high")
+
+
+def _interval_columns(prefix: str) -> list[str]:
+    return [f"{prefix}_{part}" for part in INTERVAL_PARTS]
+
+
+def _interval_cells(interval: Interval | None) -> list[str]:
+    if interval is None:
+        return ["0", "", "", "", ""]
+    return [str(interval.n)] + [
+        _csv_number(v) for v in (interval.mean, interval.std, interval.low, interval.high)
+    ]
+
+
+CONFIG_INTERVALS = (("config_val", "val"), ("config_test", "test"), ("config_lift", "lift"))
+
+
+def write_trials_csv(
+    trials: list[TrialRecord],
+    swept: list[str],
+    path: Path,
+    configs: list[ConfigStats] | None = None,
+) -> Path:
+    """Columns: ids and statuses, the swept params first, the rest of the config (seed
+    included), metrics, then the trial's config over its seeds: n, mean, std and 95%
+    interval of the validation score, the test score and the paired lift."""
     config_keys = [k for k in TrialConfig.field_names() if k not in swept]
     header = ["trial_id", "run_id", "run_status", "jepa_status", *swept, *config_keys]
     header += list(METRIC_COLUMNS)
+    for prefix, _ in CONFIG_INTERVALS:
+        header += _interval_columns(prefix)
+    by_key = {c.key: c for c in configs or []}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for t in trials:
+            group = by_key.get(tuple(t.params.get(k, "") for k in swept))
+            cells = []
+            for _, attr in CONFIG_INTERVALS:
+                cells += _interval_cells(getattr(group, attr) if group else None)
             writer.writerow(
                 [t.trial_id, t.run_id, t.run_status, t.status]
                 + [t.params.get(k, "") for k in (*swept, *config_keys)]
                 + [_csv_number(t.metrics.get(k)) for k in METRIC_COLUMNS]
+                + cells
             )
+    return path
+
+
+def write_configs_csv(configs: list[ConfigStats], swept: list[str], path: Path) -> Path:
+    """One row per config, best validation mean first: its swept values, seeds, trial
+    statuses, eligibility, and n, mean, std, 95% interval of validation, test, paired
+    lift and the seed's plain probe."""
+    header = [*swept, "seeds", "statuses", "eligible"]
+    parts = (("val", "val"), ("test", "test"), ("lift", "lift"), ("plain", "plain"))
+    for prefix, _ in parts:
+        header += _interval_columns(prefix)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for c in configs:
+            row = [*c.key, " ".join(map(str, c.seeds))]
+            row += [" ".join(f"{k}:{v}" for k, v in sorted(c.statuses.items())), c.eligible]
+            for _, attr in parts:
+                row += _interval_cells(getattr(c, attr))
+            writer.writerow(row)
     return path
 
 
@@ -193,13 +379,16 @@ def _csv_number(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _write_best_config(best: TrialRecord, path: Path) -> Path:
+def _write_best_config(best: TrialRecord, group: ConfigStats, path: Path) -> Path:
     config = {k: best.params[k] for k in TrialConfig.field_names() if k in best.params}
     typed = TrialConfig.from_dict(config).to_dict()
     doc = {
         "run_id": best.run_id,
         "trial_id": best.trial_id,
-        M.PROBE_ACCURACY: best.probe_accuracy,
+        "chosen_on": M.SEARCH_METRIC,
+        "seeds": group.seeds,
+        M.VAL_PROBE_ACCURACY: group.val.mean if group.val else None,
+        M.TEST_PROBE_ACCURACY: group.test.mean if group.test else None,
         "config": typed,
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -233,8 +422,9 @@ def param_importances(
 
 
 def rebuild_study(finished: list[TrialRecord], space: SearchSpace):
-    """An in-memory Optuna study holding each finished trial's swept params and probe
-    accuracy (MLflow params are strings; they are mapped back onto the space's types)."""
+    """An in-memory Optuna study holding each finished trial's swept params and
+    validation score (MLflow params are strings; they are mapped back onto the space's
+    types)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -246,7 +436,7 @@ def rebuild_study(finished: list[TrialRecord], space: SearchSpace):
             continue  # a run from another space version; it has no place in this study
         study.add_trial(
             optuna.trial.create_trial(
-                params=params, distributions=distributions, value=t.probe_accuracy
+                params=params, distributions=distributions, value=t.val_probe_accuracy
             )
         )
     return study
@@ -295,7 +485,7 @@ def plot_importances(values: dict[str, float], path: Path) -> Path:
     for i, n in enumerate(names):
         ax.text(values[n], i, f" {values[n]:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1)
-    ax.set_xlabel("importance for probe_accuracy (fANOVA, sums to 1)")
+    ax.set_xlabel(f"importance for {M.SEARCH_METRIC} (fANOVA, sums to 1)")
     ax.set_title("Parameter importances", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -306,27 +496,28 @@ def plot_importances(values: dict[str, float], path: Path) -> Path:
 def plot_parallel_coordinates(
     finished: list[TrialRecord], space: SearchSpace, baseline: float | None, path: Path
 ) -> Path:
-    """One polyline per trial over the swept parameters and probe_accuracy (last axis).
+    """One polyline per trial over the swept parameters and its validation score (last
+    axis).
 
     Each axis is scaled to [0, 1]: choice levels evenly spaced in their listed order,
     uniform/int linearly, loguniform on a log scale between the space's bounds.
     """
     keys = list(space.params)
-    accuracies = [t.probe_accuracy for t in finished]
+    accuracies = [t.val_probe_accuracy for t in finished]
     low = min([*accuracies, *([baseline] if baseline is not None else [])])
     high = max([*accuracies, *([baseline] if baseline is not None else [])])
     span = (high - low) or 1.0
     cmap = plt.get_cmap("viridis")
     fig, ax = plt.subplots(figsize=(2.0 * (len(keys) + 1) + 1.5, 4.5), dpi=100)
     xs = list(range(len(keys) + 1))
-    for t in sorted(finished, key=lambda t: t.probe_accuracy):
+    for t in sorted(finished, key=lambda t: t.val_probe_accuracy):
         ys = [_axis_position(space, k, t.params.get(k)) for k in keys]
-        ys.append((t.probe_accuracy - low) / span)
+        ys.append((t.val_probe_accuracy - low) / span)
         collapsed = t.status == "collapsed"
         ax.plot(
             xs,
             ys,
-            color=cmap((t.probe_accuracy - low) / span),
+            color=cmap((t.val_probe_accuracy - low) / span),
             linestyle="--" if collapsed else "-",
             marker="o",
             markersize=3,
@@ -351,11 +542,13 @@ def plot_parallel_coordinates(
             fontsize=7,
         )
     labels = [f"{k} (log)" if space.params[k][0] == "loguniform" else k for k in keys]
-    ax.set_xticks(xs, [*labels, M.PROBE_ACCURACY])
+    ax.set_xticks(xs, [*labels, M.VAL_PROBE_ACCURACY])
     ax.set_yticks([])
     ax.set_ylim(-0.08, 1.08)
     ax.set_xlim(-0.3, xs[-1] + 0.6)
-    ax.set_title(f"{len(finished)} trials, colour = probe_accuracy; dashed = collapsed", fontsize=9)
+    ax.set_title(
+        f"{len(finished)} trials, colour = {M.VAL_PROBE_ACCURACY}; dashed = collapsed", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -17,15 +17,17 @@ from jepa.backbones import BackboneSpec, check_backbone, weights_hash
 from jepa.config import TrialConfig
 from jepa.data import DatasetSpec, describe, load_dataset
 from jepa.errors import UserInputError
-from jepa.evaluate import evaluate_representation
-from jepa.train import STATUS_DIVERGED
+from jepa.evaluate import evaluate_representation, untrained_predictor
+from jepa.features import FeatureBank
+from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED
 from sweeps import faults, resume, tracking
 from sweeps.cli import check_cluster, load_space_arg, resolve_paths
 from sweeps.feature_cache import FeatureCacheActor
 from sweeps.gpus import check_gpu_sharing
-from sweeps.search import FinalMetricOptunaSearch
+from sweeps.search import SeededOptunaSearch
 from sweeps.spaces import SearchSpace
-from sweeps.summary import log_sweep_summary
+from sweeps.stats import Interval, mean_interval
+from sweeps.summary import ConfigStats, SummaryReport, log_sweep_summary
 from sweeps.trial import SweepContext, run_trial
 
 NAMESPACE = "jepa-sweeps"
@@ -60,6 +62,9 @@ class SweepOptions:
     dataset: DatasetSpec
     demo_reasons: list[str]
     num_samples: int = 8
+    """Configurations Optuna proposes; the sweep runs num_samples x seeds trials."""
+    seeds: int = 1
+    """Seeds per proposed configuration (`--seeds K`)."""
     max_epochs: int | None = None
     seed: int = 0
     experiment: str = tracking.DEFAULT_EXPERIMENT
@@ -85,17 +90,54 @@ class SweepOptions:
             base["max_epochs"] = self.max_epochs
         return TrialConfig.from_dict(base).to_dict()
 
+    @property
+    def total_trials(self) -> int:
+        return self.num_samples * self.seeds
+
+
+@dataclass
+class Baselines:
+    """The sweep's two baselines, each a `jepa.role=baseline` run: the raw backbone and
+    the untrained predictor (the base config's random initialisation), scored on the
+    same splits as the trials, at each seed a trial or the answer needs."""
+
+    run_ids: dict[str, str]
+    """M.BASELINE_RAW / M.BASELINE_UNTRAINED -> run id."""
+    scores: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    """kind -> seed -> evaluate_representation's metrics."""
+
+    def raw_test(self) -> dict[int, float]:
+        return {s: v[M.PROBE_ACCURACY] for s, v in self.scores[M.BASELINE_RAW].items()}
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "run_ids": self.run_ids,
+            "scores": {k: {str(s): v for s, v in d.items()} for k, d in self.scores.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Baselines:
+        scores = {k: {int(s): v for s, v in d.items()} for k, d in state["scores"].items()}
+        return cls(run_ids=dict(state["run_ids"]), scores=scores)
+
 
 @dataclass
 class SweepSummary:
     parent_run_id: str
     finished: int
     failed: int
-    best_config: dict[str, Any] | None
-    best_probe_accuracy: float | None
-    baseline_probe_accuracy: float
     rows: list[dict[str, Any]]
     backbone_images: int
+    report: SummaryReport
+    baselines: Baselines
+    untrained_lift: Interval | None = None
+    """The best config's test score minus the untrained predictor's, paired by seed."""
+    verdict: list[str] = field(default_factory=list)
+    """`verdict_lines`: what the CLI prints last."""
+
+    @property
+    def best(self) -> ConfigStats | None:
+        return self.report.best_config
 
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
@@ -119,11 +161,13 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             source=data,
             images_per_class=args.images_per_class,
             eval_per_class=args.eval_per_class,
+            val_per_class=args.val_per_class,
             seed=args.seed,
             skip_bad_images=args.skip_bad_images,
         ),
         demo_reasons=reasons,
         num_samples=args.num_samples,
+        seeds=args.seeds,
         max_epochs=args.max_epochs,
         seed=args.seed,
         experiment=args.experiment,
@@ -179,6 +223,7 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
             "backbone_sha256": backbone_hash,
             "dataset_manifest": dataset.manifest_hash,
             "train_images": len(dataset.train_images),
+            "val_images": len(dataset.val_images),
             "eval_images": len(dataset.eval_images),
         }
         client = tracking.client(opts.tracking_uri)
@@ -260,7 +305,9 @@ def _sweep(
             parent_id,
             {
                 "space": opts.space.name,
+                M.PARAM_SEARCH_METRIC: M.SEARCH_METRIC,
                 "num_samples": opts.num_samples,
+                "seeds": opts.seeds,
                 "seed": opts.seed,
                 "feature_cache": opts.feature_cache,
                 "views": opts.views,
@@ -288,23 +335,20 @@ def _sweep(
         gpu_share=min(1.0, opts.gpus_per_trial),
     )
 
-    baseline = record.state.baseline
-    if baseline is None:
-        baseline = _baseline(
-            opts,
-            client,
-            cache,
-            experiment_id,
-            parent_id,
-            sweep_name,
-            base_config,
-            run_tags,
-            run_params,
+    bank = _baseline_bank(opts, cache, base_config)
+    if record.state.baseline is None:
+        baselines = _new_baselines(
+            client, experiment_id, parent_id, sweep_name, run_tags, run_params
         )
-        record.state.baseline = baseline
+        seeds = range(opts.seed, opts.seed + opts.seeds)
+        _score_baselines(client, baselines, bank, base_config, seeds, announce=True)
+        for run_id in baselines.run_ids.values():
+            client.set_terminated(run_id, "FINISHED")
+        record.state.baseline = baselines.to_state()
         record.save()
     else:
-        print(f"Baseline (raw backbone, before the interruption): {_fmt_scores(baseline)}")
+        baselines = Baselines.from_state(record.state.baseline)
+        print(f"Baselines (before the interruption): {_fmt_baselines(baselines, opts.seed)}")
 
     ctx = SweepContext(
         sweep_name=sweep_name,
@@ -322,7 +366,7 @@ def _sweep(
         workers_per_trial=opts.workers_per_trial,
         gpus_per_trial=opts.gpus_per_trial,
         cpus_per_worker=opts.cpus_per_worker,
-        baseline_probe_accuracy=baseline[M.PROBE_ACCURACY],
+        baseline_probe_accuracy=baselines.raw_test(),
         extra={"fault": fault},
     )
     # Rank 0 reports probe_accuracy only after the last epoch; the epochs before report
@@ -330,8 +374,9 @@ def _sweep(
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     scheduler = None
     if opts.scheduler == "asha":
+        # kNN on the validation split, every epoch: never the test split.
         scheduler = tune.schedulers.ASHAScheduler(
-            metric=M.KNN_ACCURACY,
+            metric=M.ASHA_METRIC,
             mode="max",
             time_attr="training_iteration",
             max_t=base_config["max_epochs"],
@@ -348,23 +393,42 @@ def _sweep(
         tuner = _new_tuner(opts, trainable, scheduler, sweep_name)
     with resume.watch_interrupt() as interrupted:
         grid = tuner.fit()
-    if interrupted() or grid.num_terminated + grid.num_errors < opts.num_samples:
+    if interrupted() or grid.num_terminated + grid.num_errors < opts.total_trials:
         raise resume.SweepInterrupted(sweep_name)
     rows = _rows(grid, opts.space)
     stats = ray.get(cache.stats.remote())
     backbone_images = stats["images_embedded"] + int(
         sum(r.get("backbone_images") or 0 for r in rows)
     )
-    summary = _summarise(rows, baseline, parent_id, backbone_images)
-    _log_summary(client, parent_id, summary)
-    print_table(summary, opts.space)
-    report = log_sweep_summary(
-        client, experiment_id, parent_id, opts.space, summary.baseline_probe_accuracy
+    raw_val = baselines.scores[M.BASELINE_RAW][opts.seed][M.VAL_PROBE_ACCURACY]
+    report = log_sweep_summary(client, experiment_id, parent_id, opts.space, raw_val)
+    untrained_lift = None
+    if report.best_config is not None:
+        # The answer is paired seed by seed: the baselines need the best config's seeds.
+        _score_baselines(client, baselines, bank, base_config, report.best_config.seeds)
+        record.state.baseline = baselines.to_state()
+        record.save()
+        untrained_lift = _untrained_lift(report.best_config, baselines)
+    summary = SweepSummary(
+        parent_run_id=parent_id,
+        finished=sum(r["status"] != FAILED for r in rows),
+        failed=sum(r["status"] == FAILED for r in rows),
+        rows=rows,
+        backbone_images=backbone_images,
+        report=report,
+        baselines=baselines,
+        untrained_lift=untrained_lift,
     )
+    _log_summary(client, parent_id, summary, opts.seed)
     print(
         f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
         f"{report.importances or report.importance_note}"
     )
+    lines = print_table(summary, opts.space, opts.seed)
+    summary.verdict = verdict_lines(summary, opts.seed)
+    # The parent run's description in the MLflow UI: the same table and answer.
+    note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
+    tracking.set_tags(client, parent_id, {"mlflow.note.content": note + "\n".join(lines) + "\n```"})
     return summary
 
 
@@ -375,14 +439,16 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
         trainable,
         param_space=opts.space.tune_space(),
         tune_config=tune.TuneConfig(
-            search_alg=FinalMetricOptunaSearch(
+            search_alg=SeededOptunaSearch(
                 metric=M.SEARCH_METRIC,
                 mode=M.SEARCH_MODE,
                 seed=opts.seed,
                 points_to_evaluate=opts.space.coverage_points(opts.num_samples),
+                seeds_per_config=opts.seeds,
+                base_seed=opts.seed,
             ),
             scheduler=scheduler,
-            num_samples=opts.num_samples,
+            num_samples=opts.total_trials,
             max_concurrent_trials=opts.max_concurrent or _default_concurrency(opts),
             # A trial's driver process serves the next trial: no new process (seconds of
             # imports) per trial. The driver keeps no state between trials.
@@ -399,57 +465,98 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
     )
 
 
-def _baseline(
-    opts, client, cache, experiment_id, parent_id, sweep_name, base_config, run_tags, run_params
-) -> dict[str, float]:
-    """The raw backbone's probe on the same splits, logged as the sweep's baseline run."""
+def _baseline_bank(opts: SweepOptions, cache, base_config: dict[str, Any]) -> FeatureBank:
+    """The bank whose clean embeddings the baselines are scored on (the trials' too)."""
     levels = opts.space.levels("aug_strength")
     level = levels[0] if levels else base_config["aug_strength"]
-    # With the cache off the trials make their own views: the baseline needs clean ones only.
+    # With the cache off the trials make their own views: the baselines need clean ones.
     ref = cache.bank.remote(level) if opts.feature_cache else cache.clean_bank.remote()
-    bank = ray.get(ray.get(ref)[0])
-    run = client.create_run(
-        experiment_id,
-        run_name=f"baseline-{sweep_name}",
-        tags={
-            M.TAG_ROLE: M.ROLE_BASELINE,
-            "mlflow.parentRunId": parent_id,
-            M.TAG_SWEEP_NAME: sweep_name,
-            **run_tags,
-        },
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        tsne = Path(tmp) / M.TSNE_ARTIFACT
-        scores = evaluate_representation(
-            None, bank, tsne_path=tsne, title="raw backbone", seed=opts.seed
+    return ray.get(ray.get(ref)[0])
+
+
+def _new_baselines(client, experiment_id, parent_id, sweep_name, run_tags, run_params) -> Baselines:
+    """The two baseline runs, open until their first seeds are scored."""
+    run_ids = {}
+    for kind in (M.BASELINE_RAW, M.BASELINE_UNTRAINED):
+        run = client.create_run(
+            experiment_id,
+            run_name=f"baseline-{kind.replace('_', '-')}-{sweep_name}",
+            tags={
+                M.TAG_ROLE: M.ROLE_BASELINE,
+                M.TAG_BASELINE: kind,
+                "mlflow.parentRunId": parent_id,
+                M.TAG_SWEEP_NAME: sweep_name,
+                **run_tags,
+            },
         )
         tracking.log_params(client, run.info.run_id, run_params)
-        tracking.log_metrics(client, run.info.run_id, scores)
-        client.log_artifact(run.info.run_id, str(tsne))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"Baseline (raw backbone): {_fmt_scores(scores)}")
-    return scores
+        run_ids[kind] = run.info.run_id
+    return Baselines(run_ids=run_ids, scores={k: {} for k in run_ids})
+
+
+def _score_baselines(
+    client,
+    baselines: Baselines,
+    bank: FeatureBank,
+    base_config: dict[str, Any],
+    seeds,
+    announce: bool = False,
+) -> None:
+    """Score both baselines at each of `seeds` not scored yet, logged in their runs at
+    step = seed (a seed moves the probe's held-out slice and the untrained predictor's
+    initialisation); the first seed also gets the t-SNE picture."""
+    dim = bank.train_clean.shape[1]
+    for seed in seeds:
+        for kind, run_id in baselines.run_ids.items():
+            done = baselines.scores[kind]
+            if seed in done:
+                continue
+            if kind == M.BASELINE_RAW:
+                transform, title = None, "raw backbone"
+            else:
+                cfg = TrialConfig.from_dict({**base_config, "seed": seed})
+                transform = untrained_predictor(dim, cfg)
+                title = f"untrained predictor w={cfg.predictor_width} seed={seed}"
+            with tempfile.TemporaryDirectory() as tmp:
+                tsne = Path(tmp) / M.TSNE_ARTIFACT if not done else None
+                scores = evaluate_representation(
+                    transform, bank, tsne_path=tsne, title=title, seed=seed
+                )
+                tracking.log_metrics(client, run_id, scores, step=seed)
+                if tsne is not None:
+                    client.log_artifact(run_id, str(tsne))
+            done[seed] = scores
+            if announce:
+                print(f"Baseline ({kind.replace('_', ' ')}, seed {seed}): {_fmt_scores(scores)}")
 
 
 def _fmt_scores(scores: dict[str, float]) -> str:
     return (
-        f"probe_accuracy={scores[M.PROBE_ACCURACY]:.4f} knn_accuracy={scores[M.KNN_ACCURACY]:.4f}"
+        f"val_probe_accuracy={scores[M.VAL_PROBE_ACCURACY]:.4f} "
+        f"probe_accuracy={scores[M.PROBE_ACCURACY]:.4f} "
+        f"probe_accuracy_plain={scores[M.PROBE_ACCURACY_PLAIN]:.4f} "
+        f"knn_accuracy={scores[M.KNN_ACCURACY]:.4f}"
+    )
+
+
+def _fmt_baselines(baselines: Baselines, seed: int) -> str:
+    return "; ".join(
+        f"{kind.replace('_', ' ')}: {_fmt_scores(by_seed[seed])}"
+        for kind, by_seed in baselines.scores.items()
     )
 
 
 def _rows(grid, space: SearchSpace) -> list[dict[str, Any]]:
+    """What Tune knows of each trial: its status (failed when it raised on its last
+    attempt) and the backbone work it did. The scores come from MLflow (summary)."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        config = {k: v for k, v in (result.config or {}).items() if k in space.params}
+        # A diverged or collapsed trial ended normally (its run is FINISHED, tagged with
+        # the reason); only a trial that raised on its last attempt counts as failed.
         rows.append(
             {
                 "trial_id": metrics.get("trial_id") or (result.path or "").rsplit("_", 1)[-1],
-                "config": config,
-                M.PROBE_ACCURACY: metrics.get(M.PROBE_ACCURACY),
-                M.KNN_ACCURACY: metrics.get(M.KNN_ACCURACY),
-                M.PROBE_LIFT: metrics.get(M.PROBE_LIFT),
-                M.EFFECTIVE_RANK: metrics.get(M.EFFECTIVE_RANK),
                 "status": FAILED if result.error else metrics.get(M.TAG_STATUS, "?"),
                 "backbone_images": metrics.get("backbone_images"),
             }
@@ -457,101 +564,151 @@ def _rows(grid, space: SearchSpace) -> list[dict[str, Any]]:
     return rows
 
 
-def _summarise(rows, baseline, parent_id, backbone_images) -> SweepSummary:
-    # A trial that diverged or collapsed ended normally (its run is FINISHED, tagged with
-    # the reason); only a trial that raised on its last attempt counts as failed.
-    done = [r for r in rows if r["status"] != FAILED]
-    scored = [r for r in done if r[M.PROBE_ACCURACY] is not None]
-    best = max(scored, key=lambda r: r[M.PROBE_ACCURACY], default=None)
-    return SweepSummary(
-        parent_run_id=parent_id,
-        finished=len(done),
-        failed=len(rows) - len(done),
-        best_config=best["config"] if best else None,
-        best_probe_accuracy=best[M.PROBE_ACCURACY] if best else None,
-        baseline_probe_accuracy=baseline[M.PROBE_ACCURACY],
-        rows=rows,
-        backbone_images=backbone_images,
-    )
+def _untrained_lift(best: ConfigStats, baselines: Baselines) -> Interval | None:
+    """The best config's test score minus the untrained predictor's, seed by seed."""
+    untrained = baselines.scores[M.BASELINE_UNTRAINED]
+    diffs = []
+    for run in best.runs:
+        seed = int(run.params.get("seed", -1))
+        if run.probe_accuracy is not None and seed in untrained:
+            diffs.append(run.probe_accuracy - untrained[seed][M.PROBE_ACCURACY])
+    return mean_interval(diffs)
 
 
-def _log_summary(client, parent_id: str, summary: SweepSummary) -> None:
+def _log_summary(client, parent_id: str, summary: SweepSummary, seed: int) -> None:
+    raw = summary.baselines.scores[M.BASELINE_RAW][seed]
+    untrained = summary.baselines.scores[M.BASELINE_UNTRAINED][seed]
     values = {
-        "baseline_probe_accuracy": summary.baseline_probe_accuracy,
+        M.BASELINE_PROBE_ACCURACY: raw[M.PROBE_ACCURACY],
+        "baseline_val_probe_accuracy": raw[M.VAL_PROBE_ACCURACY],
+        "untrained_probe_accuracy": untrained[M.PROBE_ACCURACY],
         "finished_trials": summary.finished,
         "failed_trials": summary.failed,
         "diverged_trials": sum(r["status"] == STATUS_DIVERGED for r in summary.rows),
+        "collapsed_trials": sum(r["status"] == STATUS_COLLAPSED for r in summary.rows),
+        "configs": len(summary.report.configs),
         "backbone_images": summary.backbone_images,
     }
-    if summary.best_probe_accuracy is not None:
-        values["best_probe_accuracy"] = summary.best_probe_accuracy
-        values["best_probe_lift"] = summary.best_probe_accuracy - summary.baseline_probe_accuracy
+    lift = summary.untrained_lift
+    if lift is not None:
+        values[M.TEST_PROBE_LIFT_UNTRAINED] = lift.mean
+        if lift.has_interval:
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_LOW] = lift.low
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_HIGH] = lift.high
     tracking.log_metrics(client, parent_id, values)
-    if summary.best_config:
-        tracking.log_params(
-            client, parent_id, {f"best.{k}": v for k, v in summary.best_config.items()}
-        )
 
 
-def print_table(summary: SweepSummary, space: SearchSpace) -> None:
+def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
+    """Print `summary_lines` (and return them with `verdict_lines`, which `sweeps.cli`
+    prints last, after Ray has stopped and its workers' log lines are out)."""
+    lines = summary_lines(summary, space, seed)
+    print("\n".join(lines))
+    return lines + verdict_lines(summary, seed)
+
+
+def summary_lines(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
+    """One line per config (n seeds, validation and test means with 95% intervals,
+    paired lift, statuses), best validation mean first; the baselines; then the answer,
+    or, when every trial collapsed, what that means and the way out, as the last lines."""
     keys = list(space.params)
-    header = ["trial", *keys, "probe_acc", "knn_acc", "lift", "status"]
+    header = [*keys, "n", "val_probe_acc [95% CI]", "test_probe_acc [95% CI]", "lift"]
+    header += ["plain", "status"]
+    out: list[str] = []
     lines = [header]
-    ordered = sorted(summary.rows, key=lambda r: -(r[M.PROBE_ACCURACY] or -1))
-    for r in ordered:
+    for c in summary.report.configs:
         lines.append(
             [
-                r["trial_id"],
-                *(_fmt(r["config"].get(k)) for k in keys),
-                _fmt(r[M.PROBE_ACCURACY]),
-                _fmt(r[M.KNN_ACCURACY]),
-                _fmt(r[M.PROBE_LIFT], sign=True),
-                r["status"],
+                *(_fmt_param(v) for v in c.key),
+                str(len(c.runs)),
+                c.val.text() if c.val else "-",
+                c.test.text() if c.test else "-",
+                c.lift.text(sign=True) if c.lift else "-",
+                f"{c.plain.mean:.4f}" if c.plain else "-",
+                " ".join(f"{k}:{v}" for k, v in sorted(c.statuses.items())),
             ]
         )
-    lines.append(
-        [
-            "baseline",
-            *("-" for _ in keys),
-            _fmt(summary.baseline_probe_accuracy),
-            "",
-            "",
-            "raw backbone",
-        ]
-    )
-    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    print()
-    for i, row in enumerate(lines):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
-    if summary.best_config is not None:
-        print(
-            f"Best: {summary.best_config} probe_accuracy={summary.best_probe_accuracy:.4f} "
-            f"(baseline {summary.baseline_probe_accuracy:.4f}, lift "
-            f"{summary.best_probe_accuracy - summary.baseline_probe_accuracy:+.4f})"
+    for kind, by_seed in summary.baselines.scores.items():
+        val = mean_interval(v[M.VAL_PROBE_ACCURACY] for v in by_seed.values())
+        test = mean_interval(v[M.PROBE_ACCURACY] for v in by_seed.values())
+        plain = mean_interval(v[M.PROBE_ACCURACY_PLAIN] for v in by_seed.values())
+        lines.append(
+            [
+                *("-" for _ in keys),
+                str(len(by_seed)),
+                val.text() if val else "-",
+                test.text() if test else "-",
+                "",
+                f"{plain.mean:.4f}" if plain else "-",
+                f"baseline: {kind.replace('_', ' ')}",
+            ]
         )
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
+    out.append("")
+    for i, row in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out.append("")
     diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
-    print(
-        f"{summary.finished} trials finished ({diverged} diverged), {summary.failed} failed; "
-        f"backbone ran on {summary.backbone_images} images."
+    collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
+    out.append(
+        f"{summary.finished} trials finished ({collapsed} collapsed, {diverged} diverged), "
+        f"{summary.failed} failed; backbone ran on {summary.backbone_images} images."
     )
     if summary.failed:
-        print(
+        out.append(
             "Failed trials: traceback.txt in each attempt's MLflow run (tag jepa.attempt); "
             "Ray's logs in /tmp/ray/session_latest/logs."
         )
+    return out
 
 
-def _fmt(value: Any, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return (
-            f"{value:+.4f}" if sign else (f"{value:.4g}" if abs(value) < 1e-2 else f"{value:.4f}")
+def verdict_lines(summary: SweepSummary, seed: int) -> list[str]:
+    """The answer: the best config by validation with its test score and paired lifts;
+    or, when every trial collapsed or diverged, that there is no best and the way out."""
+    out: list[str] = []
+    diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
+    collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
+    raw = summary.baselines.scores[M.BASELINE_RAW][seed][M.PROBE_ACCURACY]
+    best = summary.best
+    if best is not None:
+        out.append(
+            f"Best (chosen on {M.SEARCH_METRIC}, collapsed and diverged trials excluded): "
+            f"{best.config} over {len(best.runs)} seed(s) {best.seeds}: "
+            f"val {best.val.text()}"
         )
-    return str(value)
+        out.append(
+            f"Test: {M.TEST_PROBE_ACCURACY}={best.test.text()} (raw backbone {raw:.4f}); "
+            f"{M.TEST_PROBE_LIFT}={best.lift.text(sign=True) if best.lift else '-'} "
+            "(paired by seed)"
+            + (
+                f"; over the untrained predictor {summary.untrained_lift.text(sign=True)}"
+                if summary.untrained_lift
+                else ""
+            )
+        )
+    elif summary.report.all_collapsed:
+        out.append(
+            f"No best configuration: every trial that ended collapsed or diverged "
+            f"({collapsed} collapsed, {diverged} diverged), so none is a representation "
+            f"to choose; the raw backbone's probe ({raw:.4f}) is the answer for now."
+        )
+        out.append(
+            "Way out: an objective that does not collapse, e.g. "
+            "`python sweeps/run.py --space objective` (stopgrad, ema, vicreg; "
+            'README, "Collapse and objectives").'
+        )
+    else:
+        out.append("No best configuration: no trial finished.")
+    return out
+
+
+def _fmt_param(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.4g}"
 
 
 def _init_ray(opts: SweepOptions) -> bool:

@@ -23,7 +23,7 @@ import torch
 
 from jepa import metrics as M
 from jepa.config import TrialConfig
-from jepa.evaluate import evaluate_representation
+from jepa.evaluate import evaluate_representation, raw_probe_accuracy
 from jepa.features import FeatureBank
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
@@ -68,7 +68,9 @@ class SweepContext:
     workers_per_trial: int = 1
     gpus_per_trial: float = 0.0
     cpus_per_worker: float = 1.0
-    baseline_probe_accuracy: float | None = None
+    baseline_probe_accuracy: dict[int, float] = field(default_factory=dict)
+    """The raw backbone's probe_accuracy (test) by seed: a trial's lift is paired with
+    its own seed's; a seed not here is computed by the trial."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -259,10 +261,15 @@ def train_worker(config: dict[str, Any]) -> dict[str, float]:
             train_labels=data.train_labels,
             eval_clean=embed_views(backbone, data.eval_images, clean, device=device),
             eval_labels=data.eval_labels,
+            val_clean=embed_views(backbone, data.val_images, clean, device=device),
+            val_labels=data.val_labels,
         )
-        views.backbone_images += len(data.train_images) + len(data.eval_images)
+        views.backbone_images += len(data.train_images) + len(data.val_images)
+        views.backbone_images += len(data.eval_images)
         times[M.TIME_BACKBONE] = time.perf_counter() - start
-    evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
+    # The per-epoch diagnostics (kNN, what ASHA prunes on) score the validation split:
+    # nothing the search sees comes from the test split.
+    evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
 
     fault = config.get("fault")
     reporting = 0.0  # seconds in on_epoch: logging and reporting are not training
@@ -329,8 +336,12 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config, times) -> dict[
         "backbone_images": float(result.backbone_images),
         "epochs_run": float(len(result.history)),
     }
-    if config.get("baseline_probe_accuracy") is not None:
-        final[M.PROBE_LIFT] = scores[M.PROBE_ACCURACY] - config["baseline_probe_accuracy"]
+    baselines = config.get("baseline_probe_accuracy") or {}
+    baseline = baselines.get(cfg.seed)
+    if baseline is None:  # a seed the sweep's baselines did not cover yet: pair it here
+        baseline = raw_probe_accuracy(bank, cfg.seed)
+    final[M.BASELINE_PROBE_ACCURACY] = baseline
+    final[M.PROBE_LIFT] = scores[M.PROBE_ACCURACY] - baseline
     # The last epoch already logged its diagnostics (the same numbers) at this step; a
     # second point at the same step would make the curves ambiguous.
     last_epoch = result.history[-1] if result.history else {}

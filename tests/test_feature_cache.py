@@ -16,7 +16,14 @@ from jepa import metrics as M
 from jepa.augment import STRENGTH_LEVELS
 from jepa.backbones import BackboneSpec, build_backbone, state_dict_hash
 from jepa.data import DatasetSpec, load_dataset
-from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank, compute_mode
+from jepa.features import (
+    _BANK_FIELDS,
+    FeatureBank,
+    FeatureKey,
+    FeatureStore,
+    compute_bank,
+    compute_mode,
+)
 from sweeps.spaces import list_spaces, load_space
 from tests.conftest import run_cli
 
@@ -74,6 +81,8 @@ def tiny_bank(seed: int = 0) -> FeatureBank:
         train_labels=torch.arange(6) % 3,
         eval_clean=torch.randn(3, 4, generator=g),
         eval_labels=torch.arange(3),
+        val_clean=torch.randn(3, 4, generator=g),
+        val_labels=torch.arange(3),
     )
 
 
@@ -125,12 +134,12 @@ def test_a_bank_without_its_checksum_is_not_served(tmp_path):
     assert torch.equal(store.load(KEY).views, tiny_bank(seed=1).views)
 
 
-# A real bank: the demo backbone on 20 training and 10 evaluation digits.
+# A real bank: the demo backbone on 20 training, 10 validation and 10 test digits.
 @pytest.fixture(scope="module")
 def real():
     spec = BackboneSpec()
     backbone = build_backbone(spec)
-    dataset = load_dataset(DatasetSpec(images_per_class=2, eval_per_class=1))
+    dataset = load_dataset(DatasetSpec(images_per_class=2, eval_per_class=1, val_per_class=1))
     return backbone, dataset
 
 
@@ -172,10 +181,10 @@ def test_real_bank_is_computed_once_then_read_back(tmp_path, real):
     first, computed = store.get_or_compute(key, counting(key))
     assert computed and counting.calls == 1
     assert first.views.shape == (20, 2, backbone.embed_dim)
-    assert first.images_embedded == 20 * 2 + 20 + 10
+    assert first.images_embedded == 20 * 2 + 20 + 10 + 10
     again, computed = store.get_or_compute(key, counting(key))
     assert not computed and counting.calls == 1
-    for name in ("views", "train_clean", "eval_clean", "train_labels", "eval_labels"):
+    for name in _BANK_FIELDS:
         assert torch.equal(getattr(again, name), getattr(first, name)), name
     # The two views of an image differ (aug_strength 0.5): pairs are real pairs.
     assert not torch.allclose(first.views[:, 0], first.views[:, 1])
@@ -259,6 +268,8 @@ def test_sweep_runs_the_backbone_once_per_level(sweep_dirs, tmp_path, concurrent
             str(per_class),
             "--eval-per-class",
             str(eval_per_class),
+            "--val-per-class",
+            str(eval_per_class),
             "--max-concurrent",
             str(concurrent),
             "--cpus-per-worker",
@@ -278,7 +289,7 @@ def test_sweep_runs_the_backbone_once_per_level(sweep_dirs, tmp_path, concurrent
     train, evaluation = 10 * per_class, 10 * eval_per_class  # digits: 10 classes
     assert int(parent.data.params["train_images"]) == train
     assert int(parent.data.params["eval_images"]) == evaluation
-    expected = 2 * (views * train + train + evaluation)
+    expected = 2 * (views * train + train + 2 * evaluation)  # validation as large as test
     assert parent.data.metrics["backbone_images"] == expected
     for trial in trials:  # the trials themselves never ran the backbone
         assert trial.data.metrics["backbone_images"] == 0

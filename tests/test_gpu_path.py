@@ -44,6 +44,8 @@ def clustered(seed: int = 0) -> FeatureBank:
         train_labels=train_y,
         eval_clean=centres[eval_y] + torch.randn(M, D, generator=g),
         eval_labels=eval_y,
+        val_clean=centres[eval_y] + torch.randn(M, D, generator=g),
+        val_labels=eval_y,
     )
 
 

@@ -124,7 +124,7 @@ def _check_runs(server: str, listed: dict[str, str], artifacts: Path) -> dict:
         by_role.setdefault(run.data.tags[M.TAG_ROLE], []).append(run)
     assert {r: len(v) for r, v in by_role.items()} == {
         M.ROLE_SWEEP: 1,
-        M.ROLE_BASELINE: 1,
+        M.ROLE_BASELINE: 2,  # raw backbone, untrained predictor
         M.ROLE_TRIAL: 4,
     }
     parent, trials = by_role[M.ROLE_SWEEP][0], by_role[M.ROLE_TRIAL]
@@ -159,9 +159,10 @@ def _check_runs(server: str, listed: dict[str, str], artifacts: Path) -> dict:
     params = parent.data.params
     n_train, n_eval = int(params["train_images"]), int(params["eval_images"])
     assert (n_train, n_eval) == (10 * IMAGES_PER_CLASS, 10 * EVAL_PER_CLASS)
+    n_val = int(params["val_images"])  # the demo's validation split, all of it by default
     keys = {float(r.data.params["aug_strength"]) for r in trials}
     keys.add(float(load_space("aug_strength").levels("aug_strength")[0]))
-    bank = VIEWS * n_train + n_train + n_eval
+    bank = VIEWS * n_train + n_train + n_val + n_eval
     assert parent.data.metrics["backbone_images"] == len(keys) * bank
     return {"experiment_id": exp.experiment_id, "run_ids": {r.info.run_id for r in trials}}
 

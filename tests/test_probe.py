@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
-from jepa.probe import collapse_metrics, knn_accuracy, linear_probe
+from jepa.probe import collapse_metrics, knn_accuracy, linear_probe, probe_accuracy_plain
 
 
 def separable(n_per_class=60, dim=20, classes=4, seed=0, noise_seed=None):
@@ -12,6 +13,12 @@ def separable(n_per_class=60, dim=20, classes=4, seed=0, noise_seed=None):
     x = np.concatenate([c + rng.normal(size=(n_per_class, dim)) for c in centers])
     y = np.repeat(np.arange(classes), n_per_class)
     return x.astype(np.float32), y
+
+
+def _blobs_split():
+    x, y = separable(seed=0)
+    xe, ye = separable(seed=0, noise_seed=1)
+    return x, y, xe, ye
 
 
 def test_probe_scores_above_0_9_on_linearly_separable_data():
@@ -57,3 +64,21 @@ def test_effective_rank_ignores_a_shared_mean_direction():
     _, rank = collapse_metrics(spread)
     _, rank_shifted = collapse_metrics(spread + 20.0)
     assert rank_shifted == pytest.approx(rank, rel=0.2)
+
+
+def test_validation_score_is_the_validation_splits_not_the_heldout_slices():
+    """The probe scores the validation split it is given: labels that disagree with
+    the features there give chance, whatever the held-out slice of train says."""
+    x, y, xe, ye = _blobs_split()
+    rng = np.random.default_rng(5)
+    shuffled = rng.permutation(ye)
+    result = linear_probe(x, y, xe, ye, val_x=xe, val_y=shuffled)
+    assert result.accuracy > 0.9 and result.heldout_accuracy > 0.9
+    assert result.val_accuracy < 0.5
+    assert linear_probe(x, y, xe, ye, val_x=xe, val_y=ye).val_accuracy == result.accuracy
+
+
+def test_plain_probe_is_scikit_learns_on_raw_features():
+    x, y, xe, ye = _blobs_split()
+    seed_probe = LogisticRegression(max_iter=1000).fit(x, y).score(xe, ye)
+    assert probe_accuracy_plain(x, y, xe, ye) == pytest.approx(seed_probe)

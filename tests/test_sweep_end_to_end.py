@@ -1,4 +1,8 @@
-"""A real 2-trial sweep on the embedded demo into a temporary MLflow store."""
+"""A real 7-trial sweep on the embedded demo into a temporary MLflow store: the MLflow
+contract (DESIGN.md), no two trials with the same (config, seed), the answer in the
+parent run."""
+
+import statistics
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -8,27 +12,31 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
+TRIAL_FINAL = (
+    M.VAL_PROBE_ACCURACY,
+    M.PROBE_ACCURACY,
+    M.PROBE_ACCURACY_PLAIN,
+    M.PROBE_LIFT,
+    M.BASELINE_PROBE_ACCURACY,
+    M.KNN_ACCURACY,
+    M.EMBEDDING_STD,
+    M.EFFECTIVE_RANK,
+)
 
-def test_two_trial_sweep_logs_the_contract(sweep_dirs):
+
+def test_seven_trial_sweep_logs_the_contract_and_never_repeats_a_trial(sweep_dirs):
+    # 7 samples over 5 widths: the first 5 cover the widths; the last 2 repeat a width,
+    # and must do so with a new seed.
     proc = run_cli(
-        [
-            "--space",
-            "predictor_width",
-            "--num-samples",
-            "2",
-            "--max-epochs",
-            "2",
-            "--views",
-            "2",
-            *sweep_dirs.flags(),
-        ]
+        ["--space", "predictor_width", "--num-samples", "7", "--max-epochs", "2"]
+        + ["--views", "2", "--images-per-class", "30", *sweep_dirs.flags()]
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Running the embedded demo" in out
     assert "Ray dashboard: http://127.0.0.1:" in out and "auth_token" in out
     assert "mlflow/serve.sh start" in out  # the MLflow UI command (README, "Compare trials")
-    assert "baseline" in out and "Best:" in out
+    assert "baseline: raw backbone" in out and "baseline: untrained predictor" in out
 
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
@@ -37,26 +45,70 @@ def test_two_trial_sweep_logs_the_contract(sweep_dirs):
     by_role = {}
     for run in runs:
         by_role.setdefault(run.data.tags[M.TAG_ROLE], []).append(run)
-    assert len(by_role[M.ROLE_SWEEP]) == 1 and len(by_role[M.ROLE_BASELINE]) == 1
-    parent = by_role[M.ROLE_SWEEP][0]
+    (parent,) = by_role[M.ROLE_SWEEP]
     trials = by_role[M.ROLE_TRIAL]
-    assert len(trials) == 2
-    assert 0 < by_role[M.ROLE_BASELINE][0].data.metrics[M.PROBE_ACCURACY] <= 1
-    assert parent.data.metrics["baseline_probe_accuracy"] > 0
-    for run in trials + by_role[M.ROLE_BASELINE]:
+    assert len(trials) == 7
+    baselines = {r.data.tags[M.TAG_BASELINE]: r for r in by_role[M.ROLE_BASELINE]}
+    assert set(baselines) == {M.BASELINE_RAW, M.BASELINE_UNTRAINED}
+
+    # No two trials trained the same (config, seed): their params are never all equal.
+    params = [tuple(sorted(r.data.params.items())) for r in trials]
+    assert len(set(params)) == 7, params
+    widths = [int(r.data.params["predictor_width"]) for r in trials]
+    assert set(widths) == {64, 128, 256, 512, 1024}
+
+    raw_by_seed = {}
+    for h in client.get_metric_history(baselines[M.BASELINE_RAW].info.run_id, M.PROBE_ACCURACY):
+        raw_by_seed[h.step] = h.value
+    for run in trials + list(baselines.values()):
         assert run.data.tags[M.TAG_BACKBONE] == "demo-vit"
         assert run.data.tags[M.TAG_DATASET] == "digits"
     for run in trials:
+        m = run.data.metrics
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert int(run.data.params["predictor_width"]) in (64, 128, 256, 512, 1024)
-        for key in ("lr", "aug_strength", "objective", "backbone_sha256"):
+        for key in ("lr", "aug_strength", "objective", "seed", "backbone_sha256"):
             assert key in run.data.params
-        for metric in (M.PROBE_ACCURACY, M.KNN_ACCURACY, M.EMBEDDING_STD, M.EFFECTIVE_RANK):
-            assert metric in run.data.metrics, metric
-        assert 0 <= run.data.metrics[M.PROBE_ACCURACY] <= 1
+        for metric in TRIAL_FINAL:
+            assert metric in m, metric
+        assert 0 <= m[M.VAL_PROBE_ACCURACY] <= 1 and 0 <= m[M.PROBE_ACCURACY] <= 1
+        # The lift is paired: against the raw backbone at the trial's own seed.
+        seed = int(run.data.params["seed"])
+        if seed in raw_by_seed:
+            assert m[M.BASELINE_PROBE_ACCURACY] == pytest.approx(raw_by_seed[seed])
+        assert m[M.PROBE_LIFT] == pytest.approx(m[M.PROBE_ACCURACY] - m[M.BASELINE_PROBE_ACCURACY])
         losses = client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)
-        steps = [m.step for m in losses]
+        steps = [h.step for h in losses]
         assert steps == sorted(set(steps)) and steps[0] == 1
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {M.TSNE_ARTIFACT, M.PREDICTOR_ARTIFACT, M.CONFIG_ARTIFACT} <= artifacts
+
+    assert parent.data.params[M.PARAM_SEARCH_METRIC] == M.VAL_PROBE_ACCURACY
+    pm = parent.data.metrics
+    assert pm[M.BASELINE_PROBE_ACCURACY] == pytest.approx(raw_by_seed[0])
+    if M.TAG_BEST_RUN in parent.data.tags:
+        # The best config: the highest mean validation score among configs whose every
+        # seed finished (none collapsed or diverged); its test mean is the answer.
+        groups = {}
+        for run in trials:
+            groups.setdefault(run.data.params["predictor_width"], []).append(run)
+        eligible = {
+            w: g
+            for w, g in groups.items()
+            if all(r.data.tags[M.TAG_STATUS] == "finished" for r in g)
+        }
+        val = {
+            w: statistics.mean(r.data.metrics[M.VAL_PROBE_ACCURACY] for r in g)
+            for w, g in eligible.items()
+        }
+        best = max(val, key=val.get)
+        assert parent.data.params["best.predictor_width"] == best
+        assert parent.data.tags[M.TAG_BEST_RUN] in {r.info.run_id for r in eligible[best]}
+        tests = [r.data.metrics[M.PROBE_ACCURACY] for r in eligible[best]]
+        assert pm[M.TEST_PROBE_ACCURACY] == pytest.approx(statistics.mean(tests))
+        assert M.TEST_PROBE_LIFT in pm and M.TEST_PROBE_LIFT_UNTRAINED in pm
+        assert "Best (chosen on val_probe_accuracy" in out
+    else:
+        # Every trial collapsed: said in words, with the way out, in the last lines.
+        assert parent.data.tags[M.TAG_ALL_COLLAPSED] == "true"
+        assert "--space objective" in out.strip().splitlines()[-1]

@@ -35,7 +35,9 @@ def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs):
     by_role = {}
     for run in runs:
         by_role.setdefault(run.data.tags[M.TAG_ROLE], []).append(run)
-    (baseline,) = by_role[M.ROLE_BASELINE]
+    (baseline,) = [
+        r for r in by_role[M.ROLE_BASELINE] if r.data.tags[M.TAG_BASELINE] == M.BASELINE_RAW
+    ]
     (parent,) = by_role[M.ROLE_SWEEP]
     trials = by_role[M.ROLE_TRIAL]
     # The first trials cover every level of the choice, whatever the sampler would pick.
@@ -45,7 +47,7 @@ def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs):
     base = baseline.data.metrics[M.PROBE_ACCURACY]
     for run in trials:
         m = run.data.metrics
-        assert m[M.PROBE_LIFT] == pytest.approx(m[M.PROBE_ACCURACY] - base)
+        assert m[M.PROBE_LIFT] == pytest.approx(m[M.PROBE_ACCURACY] - base)  # all seed 0
         ratios = [
             x.value for x in client.get_metric_history(run.info.run_id, M.EMBEDDING_STD_RATIO)
         ]

@@ -52,9 +52,10 @@ def write_image(path: Path, label: int, index: int, grey: bool) -> None:
 
 
 def make_tiny_imagenet(
-    root: Path, train_per_class: int = 12, val_per_class: int = 4, wnids=WNIDS
+    root: Path, train_per_class: int = 20, val_per_class: int = 4, wnids=WNIDS
 ) -> Path:
-    """A small folder in the official Tiny-ImageNet-200 layout; every 5th image is grey."""
+    """A small folder in the official Tiny-ImageNet-200 layout; every 5th image is grey.
+    20 training images a class: the default 10 for training, 10 for validation."""
     root.mkdir(parents=True)
     (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
     (root / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in WORDS.items()))
@@ -108,16 +109,40 @@ def test_labels_balance_and_grey_images(tiny):
 def test_default_is_ten_per_class_and_eval_per_class_subsets(tiny):
     data = load_dataset(DatasetSpec(source=str(tiny), eval_per_class=2))
     assert np.bincount(data.train_labels.numpy()).tolist() == [10, 10, 10]
+    assert np.bincount(data.val_labels.numpy()).tolist() == [10, 10, 10]
     assert np.bincount(data.eval_labels.numpy()).tolist() == [2, 2, 2]
 
 
-def test_subsets_are_the_same_for_a_seed_and_differ_across_seeds(tiny):
-    a = load_dataset(DatasetSpec(source=str(tiny), images_per_class=4, seed=3))
-    b = load_dataset(DatasetSpec(source=str(tiny), images_per_class=4, seed=3))
-    c = load_dataset(DatasetSpec(source=str(tiny), images_per_class=4, seed=4))
-    assert torch.equal(a.train_images, b.train_images) and a.manifest_hash == b.manifest_hash
-    assert not torch.equal(a.train_images, c.train_images)
-    assert a.manifest_hash != c.manifest_hash
+def test_validation_comes_from_the_training_folders_outside_the_subset(tiny):
+    """Three disjoint splits: validation images are training-folder images the training
+    subset did not take; the test split is the official val folder."""
+    # Mark every image: blue 4 + 8 i for the i-th training image of a class, 200 + 4 k
+    # for the k-th image of the val folder (JPEG moves a flat level by a unit or two).
+    for label, wnid in enumerate(WNIDS):
+        for i in range(20):
+            path = tiny / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+            Image.new("RGB", (64, 64), (class_level(label), 0, 4 + 8 * i)).save(path, quality=95)
+    for line in (tiny / "val" / "val_annotations.txt").read_text().splitlines():
+        name, wnid = line.split("\t")[:2]
+        k = int(name.removeprefix("val_").removesuffix(".JPEG"))
+        colour = (class_level(WNIDS.index(wnid)), 0, 200 + 4 * k)
+        Image.new("RGB", (64, 64), colour).save(tiny / "val" / "images" / name, quality=95)
+
+    def marks(images: torch.Tensor, labels: torch.Tensor) -> set[tuple[int, int]]:
+        blue = images[:, 2].float().mean(dim=(1, 2))
+        return {(int(y), round(float(b))) for y, b in zip(labels, blue, strict=True)}
+
+    data = load_dataset(DatasetSpec(source=str(tiny), images_per_class=6, val_per_class=5))
+    assert np.bincount(data.val_labels.numpy()).tolist() == [5, 5, 5]
+    assert_labels_match_pixels(data.val_images, data.val_labels)
+    train = marks(data.train_images, data.train_labels)
+    val = marks(data.val_images, data.val_labels)
+    test = marks(data.eval_images, data.eval_labels)
+    assert len(train) == 18 and len(val) == 15 and len(test) == 12
+    assert not train & val
+    assert all(b < 170 for _, b in val) and all(b > 190 for _, b in test)
+    with pytest.raises(UserInputError, match="--val-per-class 11 .*use at most 10"):
+        load_dataset(DatasetSpec(source=str(tiny), val_per_class=11))
 
 
 def test_skip_bad_images_counts_them(tiny):
@@ -148,8 +173,8 @@ def _break(kind: str, tiny: Path) -> tuple[list[str], str]:
         (tiny / "val" / "val_annotations.txt").unlink()
         return [], "no val/val_annotations.txt"
     if kind == "too_many_per_class":
-        return ["--images-per-class", "13"], (
-            "--images-per-class 13 is more than the data has: class n01443537 has 12"
+        return ["--images-per-class", "21"], (
+            "--images-per-class 21 is more than the data has: class n01443537 has 20"
         )
     if kind == "unreadable_image":
         bad = tiny / "val" / "images" / "val_5.JPEG"
@@ -220,13 +245,14 @@ def test_files_at_the_default_places_are_used_without_flags(tmp_path):
     exp = client.get_experiment_by_name("jepa-sweeps")
     runs = client.search_runs([exp.experiment_id])
     roles = sorted(r.data.tags[M.TAG_ROLE] for r in runs)
-    assert roles == [M.ROLE_BASELINE, M.ROLE_SWEEP, M.ROLE_TRIAL]
+    assert roles == [M.ROLE_BASELINE, M.ROLE_BASELINE, M.ROLE_SWEEP, M.ROLE_TRIAL]
     for r in runs:
         assert r.data.tags[M.TAG_BACKBONE] == "ijepa:IN1K-vit.h.14-300e.pth.tar:target"
         assert r.data.tags[M.TAG_DATASET] == f"tiny-imagenet-200:{data.resolve()}"
     trial = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL)
     assert trial.info.status == "FINISHED"
     assert trial.data.params["train_images"] == "30"  # 3 classes x the default 10
+    assert trial.data.params["val_images"] == "30"  # the other 10 of each training folder
     assert trial.data.params["eval_images"] == "12"
     from jepa.backbones import file_sha256
 
