@@ -278,7 +278,9 @@ def train_single(opts: SingleOptions) -> SingleResult:
             "epochs_run": float(len(result.history)),
         }
         tracking.log_metrics(client, run_id, final, step=len(result.history))
-        tracking.set_tags(client, run_id, {M.TAG_STATUS: result.status})
+        tracking.set_tags(
+            client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}
+        )
     except BaseException as exc:
         try:
             tracking.log_traceback(client, run_id, exc)
