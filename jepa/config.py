@@ -30,10 +30,11 @@ class TrialConfig:
     """Augmentation strength in [0, 1]; see `jepa.augment` for the mapping."""
     objective: str = "cross_view"
     """Training objective, one of `OBJECTIVES`; see `jepa.objectives`."""
-    ema_momentum: float = 0.99
+    ema_momentum: float = 0.9
     """`ema` only: BYOL's base target momentum tau_base; tau rises from it to 1 along a
     cosine over the run's steps (Grill et al. 2020, sec. 3.2). BYOL's 0.996 is meant for
-    ~10^5 steps; the default was chosen on the demo (README, "Collapse and objectives")."""
+    ~10^5 steps; 0.9 had the best validation probe of 0.9, 0.97, 0.99, 0.996 on the demo
+    (README, "Collapse and objectives", `benchmarks/objectives_table.py --ema-momentum`)."""
     expander_width: int = 1024
     """`vicreg` only: width of VICReg's expander MLP (`Linear-BN-ReLU` x 2, `Linear`), on
     which the loss acts; the predictor's output before it is what is evaluated. The paper
