@@ -177,6 +177,8 @@ def train_predictor(
     finite (status `diverged`) or on an `information` verdict (status `collapsed`;
     `stop_on_collapse=False` only tags it and trains on); a `scale` verdict never stops.
     `wrap` wraps the objective module, e.g. in DistributedDataParallel.
+    evalset's eval part must be a validation split, never the test split: its kNN feeds
+    the collapse verdict, which stops runs and tags them for the search.
     """
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
