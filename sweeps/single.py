@@ -75,6 +75,8 @@ def build_train_parser() -> argparse.ArgumentParser:
         ("lr", float, "AdamW learning rate"),
         ("weight_decay", float, "AdamW weight decay"),
         ("aug_strength", float, "augmentation strength in [0, 1]"),
+        ("ema_momentum", float, "ema: BYOL's base target momentum (cosine to 1)"),
+        ("expander_width", int, "vicreg: width of VICReg's expander"),
         ("batch_size", int, "training batch size"),
         ("max_epochs", int, "epochs (fewer when the run collapses or diverges)"),
         ("seed", int, "seed of the views, the predictor's initialisation and the probe"),
