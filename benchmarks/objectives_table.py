@@ -1,7 +1,7 @@
 """Probe accuracy of each objective at its best learning rate, against the raw backbone
 and the untrained predictor: means and 95% intervals over seeds, at equal epochs.
 
-    python benchmarks/objectives_table.py          # 5 seeds, ~10 min on the shared 2 cores
+    python benchmarks/objectives_table.py          # 5 seeds, 4-12 min on the shared 2 cores
     python benchmarks/objectives_table.py --expander-width 256 1024   # the README's table
     python benchmarks/objectives_table.py --seeds 0 --max-epochs 2 --lrs 1e-3   # a look
     python benchmarks/objectives_table.py --objectives ema --ema-momentum 0.9 0.97 0.99 0.996
