@@ -29,7 +29,16 @@ class TrialConfig:
     aug_strength: float = 0.5
     """Augmentation strength in [0, 1]; see `jepa.augment` for the mapping."""
     objective: str = "cross_view"
-    """Training objective, one of `OBJECTIVES`; see `jepa.losses`."""
+    """Training objective, one of `OBJECTIVES`; see `jepa.objectives`."""
+    ema_momentum: float = 0.9
+    """`ema` only: BYOL's base target momentum tau_base; tau rises from it to 1 along a
+    cosine over the run's steps (Grill et al. 2020, sec. 3.2). BYOL's 0.996 is meant for
+    ~10^5 steps; 0.9 had the best validation probe of 0.9, 0.97, 0.99, 0.996 on the demo
+    (README, "Collapse and objectives", `benchmarks/objectives_table.py --ema-momentum`)."""
+    expander_width: int = 1024
+    """`vicreg` only: width of VICReg's expander MLP (`Linear-BN-ReLU` x 2, `Linear`), on
+    which the loss acts; the predictor's output before it is what is evaluated. The paper
+    uses 8192-8192-8192 (Bardes et al. 2022, sec. 4.2)."""
     batch_size: int = 128
     max_epochs: int = 10
     seed: int = 0
@@ -43,6 +52,10 @@ class TrialConfig:
             raise UserInputError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.aug_strength <= 1.0:
             raise UserInputError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise UserInputError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.expander_width < 1:
+            raise UserInputError(f"expander_width must be >= 1, got {self.expander_width}")
         if self.objective not in OBJECTIVES:
             raise UserInputError(
                 f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}"

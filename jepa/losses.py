@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 # VICReg's coefficients as published (Bardes et al., ICLR 2022, sec. 4.2: lambda = mu = 25,
-# nu = 1). Measured here on the demo and the toy problem of tests/test_objectives.py: they
-# keep the outputs' spread at about twice the backbone's, no retuning needed.
+# nu = 1). Measured here with the expander (jepa.objectives.VICReg): the predictor's outputs
+# end 10 demo epochs at ~1.6 x the backbone's spread and ~1.0 x on the toy problem of
+# tests/test_objectives.py, no retuning needed.
 VICREG_SIM_COEFF = 25.0
 VICREG_STD_COEFF = 25.0
 VICREG_COV_COEFF = 1.0
@@ -56,12 +57,17 @@ def vicreg_terms(
 ) -> dict[str, torch.Tensor]:
     """VICReg's three unweighted terms for two batches of embeddings z1, z2: [B, D], B >= 2.
 
+    Under DDP the caller passes the batch gathered from every rank (as the official code
+    does), so that the variance and covariance are statistics of the whole batch and the
+    loss does not depend on how many workers share it.
+
     Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
     Self-Supervised Learning", ICLR 2022, eq. 1-6:
     - `invariance`: mean squared error between z1 and z2 (eq. 5);
-    - `variance`: hinge `mean_j relu(1 - sqrt(Var(z_j) + eps))`, summed over both
-      branches (eq. 1); zero once every dimension has std >= 1, so a constant output
-      costs ~1 per branch;
+    - `variance`: hinge `mean_j relu(1 - sqrt(Var(z_j) + eps))`, *averaged* over the
+      two branches (eq. 1; the official code, facebookresearch/vicreg `main_vicreg.py`,
+      divides each branch's term by 2); zero once every dimension has std >= 1, so a
+      constant output costs ~1 in all;
     - `covariance`: sum of squared off-diagonal covariances / D, summed over both
       branches (eq. 3-4); decorrelates the dimensions.
     """
@@ -81,7 +87,7 @@ def vicreg_terms(
 
     return {
         "invariance": F.mse_loss(z1, z2),
-        "variance": variance(z1) + variance(z2),
+        "variance": (variance(z1) + variance(z2)) / 2,
         "covariance": covariance(z1) + covariance(z2),
     }
 

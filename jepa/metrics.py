@@ -50,6 +50,15 @@ ROLE_BASELINE = "baseline"
 TAG_BACKBONE = "jepa.backbone"
 TAG_DATASET = "jepa.dataset"
 TAG_STATUS = "jepa.status"
+# The collapse verdict (jepa.train.collapse_verdict): none; scale = the outputs' spread
+# shrank (the information between images may remain); information = the variation
+# between images lost most of its directions, or the kNN fell to chance.
+TAG_COLLAPSE = "jepa.collapse"
+COLLAPSE_NONE = "none"
+COLLAPSE_SCALE = "scale"
+COLLAPSE_INFORMATION = "information"
+COLLAPSE_VERDICTS = (COLLAPSE_NONE, COLLAPSE_SCALE, COLLAPSE_INFORMATION)
+"""In rising severity: a run's verdict is the most severe one of its epochs."""
 TAG_TRIAL_ID = "jepa.trial_id"
 TAG_ATTEMPT = "jepa.attempt"  # 1, 2, ...: a trial retried after a failure gets a new run
 # Where rank 0 of the trial's Ray Train workers ran: "HOST (IP) node ID12" for people,

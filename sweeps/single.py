@@ -82,6 +82,8 @@ def build_train_parser() -> argparse.ArgumentParser:
         ("lr", float, "AdamW learning rate"),
         ("weight_decay", float, "AdamW weight decay"),
         ("aug_strength", float, "augmentation strength in [0, 1]"),
+        ("ema_momentum", float, "ema: BYOL's base target momentum (cosine to 1)"),
+        ("expander_width", int, "vicreg: width of VICReg's expander"),
         ("batch_size", int, "training batch size"),
         ("max_epochs", int, "epochs (fewer when the run collapses or diverges)"),
         ("seed", int, "seed of the views, the predictor's initialisation and the probe"),
@@ -288,7 +290,9 @@ def train_single(opts: SingleOptions) -> SingleResult:
             "epochs_run": float(len(result.history)),
         }
         tracking.log_metrics(client, run_id, final, step=len(result.history))
-        tracking.set_tags(client, run_id, {M.TAG_STATUS: result.status})
+        tracking.set_tags(
+            client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}
+        )
     except BaseException as exc:
         try:
             tracking.log_traceback(client, run_id, exc)

@@ -311,7 +311,9 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config, times) -> dict[
         # the trial is over; it ends FINISHED in MLflow, tagged diverged.
         final = {"epochs_run": float(len(result.history))}
         tracking.log_metrics(client, run_id, final, step=len(result.history))
-        tracking.set_tags(client, run_id, {M.TAG_STATUS: STATUS_DIVERGED})
+        tracking.set_tags(
+            client, run_id, {M.TAG_STATUS: STATUS_DIVERGED, M.TAG_COLLAPSE: result.collapse}
+        )
         return {**final, M.TAG_STATUS: STATUS_DIVERGED}
     with tempfile.TemporaryDirectory() as tmp:
         tsne = Path(tmp) / M.TSNE_ARTIFACT
@@ -351,7 +353,9 @@ def _evaluate_and_log(client, run_id, result, bank, cfg, config, times) -> dict[
         {k: v for k, v in final.items() if k not in last_epoch},
         step=len(result.history),
     )
-    tracking.set_tags(client, run_id, {M.TAG_STATUS: result.status})
+    tracking.set_tags(
+        client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}
+    )
     return {**final, M.TAG_STATUS: result.status}
 
 
