@@ -176,7 +176,7 @@ def single_run(device: torch.device, dataset, backbone, out: Path, label: str) -
         f"({bank.images_embedded / bank_s:.0f} images/s, loader start included)"
     )
     cfg = TrialConfig(max_epochs=2, objective="vicreg", seed=0)
-    evalset = EvalSet(bank.train_clean, bank.train_labels, bank.eval_clean, bank.eval_labels)
+    evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
     start = time.perf_counter()
     result = train_predictor(cfg, CachedViewPairs(bank.views), evalset, device=device)
     train_s = time.perf_counter() - start
