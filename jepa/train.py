@@ -128,9 +128,10 @@ def _more_severe(a: str, b: str) -> str:
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, rank: int = 0) -> int:
     """Optimiser steps one rank takes per epoch on n images (as `train_predictor` batches)."""
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    sizes = [s for s in sizes if s >= 2]
     if world_size > 1:
         sizes = sizes[: len(sizes) // world_size * world_size][rank::world_size]
-    return sum(1 for s in sizes if s >= 2)
+    return len(sizes)
 
 
 @torch.no_grad()
@@ -200,15 +201,16 @@ def train_predictor(
     result = TrainResult(predictor, reference=reference, total_steps=total_steps)
     for epoch in range(1, cfg.max_epochs + 1):
         order = torch.randperm(len(views), generator=generator)
-        batches = list(order.split(cfg.batch_size))
+        # A 1-image tail is dropped before the batches are dealt to the ranks: VICReg's
+        # variance needs two samples, and a rank that skipped it would take one step
+        # fewer than the others, and DDP's all-reduce would wait for it forever.
+        batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2]
         if world_size > 1:
             # DDP needs the same number of steps on every rank: drop the ragged tail.
             batches = batches[: len(batches) // world_size * world_size][rank::world_size]
         total, count = 0.0, 0
         predictor.train()
         for index in batches:
-            if len(index) < 2:
-                continue  # VICReg's variance needs two samples; a 1-image tail adds nothing
             x1, x2 = views.pairs(index, generator)
             loss = model(x1.to(device), x2.to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -109,3 +109,14 @@ def test_two_worker_ddp_trial_on_cpu(sweep_dirs):
     # Only rank 0 logs: one train_loss point per epoch, not one per worker.
     steps = [m.step for m in client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)]
     assert steps == [1, 2]
+
+
+def test_every_rank_takes_the_same_number_of_steps():
+    """A 1-image tail used to be dealt to one rank and skipped there: that rank took one
+    step fewer, and DDP's all-reduce would have waited for it forever."""
+    from jepa.train import steps_per_epoch
+
+    for n in range(2, 700):
+        for world in (2, 3, 4):
+            steps = {steps_per_epoch(n, 128, world, rank) for rank in range(world)}
+            assert len(steps) == 1, (n, world, steps)
