@@ -674,7 +674,8 @@ def verdict_lines(summary: SweepSummary, seed: int) -> list[str]:
     if best is not None:
         out.append(
             f"Best (chosen on {M.SEARCH_METRIC}, collapsed and diverged trials excluded): "
-            f"{best.config} over {len(best.runs)} seed(s) {best.seeds}: "
+            f"{' '.join(f'{k}={v}' for k, v in best.config.items())} over {len(best.runs)} "
+            f"seed(s) {best.seeds}: "
             f"val {best.val.text()}"
         )
         out.append(
