@@ -308,7 +308,8 @@ def ray_checks(checkpoint: Path, data: Path, tmp: Path) -> None:
         )
         assert proc.returncode == 0, "ray start failed (its logs: /tmp/ray/session_latest/logs)"
         data_flags = ["--checkpoint", str(checkpoint), "--data", str(data)]
-        data_flags += ["--images-per-class", "10", "--eval-per-class", "5"]
+        data_flags += ["--images-per-class", "10", "--val-per-class", "5"]
+        data_flags += ["--eval-per-class", "5"]
         proc = sh(
             [sys.executable, "sweeps/run.py", "--space", "predictor_width"]
             + ["--num-samples", "4", "--max-epochs", "2", "--gpus-per-trial", "0.25"]
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             else "generated I-JEPA checkpoint (no GPU: skipped: ViT-H/14; a ViT-tiny instead)",
             lambda: write_checkpoint(checkpoint, on_gpu, device),
         )
-        step("generated Tiny-ImageNet folder", lambda: write_tiny_imagenet(data, 20, 10, 5))
+        step("generated Tiny-ImageNet folder", lambda: write_tiny_imagenet(data, 20, 15, 5))
 
         def generated() -> None:
             from jepa.backbones import IJEPA, BackboneSpec, build_backbone
@@ -395,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             backbone = build_backbone(BackboneSpec(name=IJEPA, checkpoint=str(checkpoint)))
             print(f"loaded {backbone.description} in {time.perf_counter() - start:.1f}s")
             dataset = load_dataset(
-                DatasetSpec(source=str(data), images_per_class=10, eval_per_class=5)
+                DatasetSpec(
+                    source=str(data), images_per_class=10, val_per_class=5, eval_per_class=5
+                )
             )
             single_run(device, dataset, backbone, out, "generated")
             del backbone
