@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from jepa import metrics as M  # noqa: E402
-from jepa.backbones import BackboneSpec, build_backbone, weights_hash  # noqa: E402
+from jepa.backbones import BackboneSpec, FrozenBackbone, build_backbone, weights_hash  # noqa: E402
 from jepa.config import OBJECTIVES, TrialConfig  # noqa: E402
 from jepa.data import DatasetSpec, ImageDataset, load_dataset  # noqa: E402
 from jepa.evaluate import evaluate_representation  # noqa: E402
@@ -87,13 +87,12 @@ def val_and_test(scores: dict[str, float]) -> tuple[dict[str, float], dict[str, 
     return val, scores
 
 
-def demo_bank(
-    seed: int, views: int, cache_dir: str, aug_strength: float
-) -> tuple[FeatureBank, ImageDataset]:
-    """The demo's bank for `seed` (V=`views`), from the on-disk cache a sweep uses."""
+def demo_key(
+    seed: int, views: int, aug_strength: float, backbone: FrozenBackbone
+) -> tuple[FeatureKey, ImageDataset]:
+    """The cache key of the demo's bank for `seed` (V=`views`) on the CPU, and its data."""
     spec = BackboneSpec()
     dataset = load_dataset(DatasetSpec(seed=seed))
-    backbone = build_backbone(spec)
     key = FeatureKey(
         weights_hash=weights_hash(spec),
         encoder=spec.encoder,
@@ -104,6 +103,15 @@ def demo_bank(
         seed=seed,
         compute=compute_mode("cpu"),
     )
+    return key, dataset
+
+
+def demo_bank(
+    seed: int, views: int, cache_dir: str, aug_strength: float
+) -> tuple[FeatureBank, ImageDataset]:
+    """The demo's bank for `seed` (V=`views`), from the on-disk cache a sweep uses."""
+    backbone = build_backbone(BackboneSpec())
+    key, dataset = demo_key(seed, views, aug_strength, backbone)
     store = FeatureStore(cache_dir)
     bank = store.load(key)
     if bank is None:

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from objectives_table import (  # noqa: E402
     DEFAULT_CACHE,
     demo_bank,
+    demo_key,
     fmt,
     val_and_test,
     validation_evalset,
@@ -138,21 +139,9 @@ def demo_bank_if_cached(
     seed: int, views: int, cache_dir: str, aug_strength: float
 ) -> FeatureBank | None:
     """The V=`views` bank if the cache has it (never computed here)."""
-    from jepa.backbones import weights_hash
-    from jepa.data import DatasetSpec, load_dataset
-    from jepa.features import FeatureKey, FeatureStore
+    from jepa.features import FeatureStore
 
-    spec = BackboneSpec()
-    dataset = load_dataset(DatasetSpec(seed=seed))
-    key = FeatureKey(
-        weights_hash=weights_hash(spec),
-        encoder=spec.encoder,
-        manifest_hash=dataset.manifest_hash,
-        aug_strength=aug_strength,
-        n_views=views,
-        image_size=build_backbone(spec).image_size,
-        seed=seed,
-    )
+    key, _ = demo_key(seed, views, aug_strength, build_backbone(BackboneSpec()))
     return FeatureStore(cache_dir).load(key)
 
 
