@@ -178,8 +178,10 @@ def _check_postgres_holds(uri: str, password: str, runs: dict) -> None:
         probes = conn.execute(
             "SELECT count(*) FROM latest_metrics WHERE key = %s", (M.PROBE_ACCURACY,)
         ).fetchone()[0]
-    assert runs["run_ids"] <= {r[0] for r in rows} and len(rows) == 6
-    assert probes == 5  # four trials and the baseline
+    # The sweep's parent run, its two baselines (raw backbone, untrained predictor) and
+    # the four trials; each but the parent has a probe accuracy.
+    assert runs["run_ids"] <= {r[0] for r in rows} and len(rows) == 7
+    assert probes == 6
 
 
 # --- the pieces, without a cluster ---------------------------------------------------------
