@@ -255,7 +255,13 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     finished = Counter(r.data.tags[M.TAG_TRIAL_ID] for r in trials if r.info.status == "FINISHED")
     assert len(finished) == 2 and set(finished.values()) == {1}, finished
     killed = [r for r in trials if r.info.status == "KILLED"]
-    assert len(killed) >= 2  # one per interruption
+    # The Ctrl-C always leaves a KILLED run (Ray stops before the runs are closed). The
+    # SIGKILL kills the driver only: the trial's Ray Train worker outlives it a moment and
+    # may close its run itself before the resume closes what is left RUNNING as KILLED, so
+    # a second KILLED run depends on timing (2 of 3 runs on the merged main had only one;
+    # which status the worker then writes was not caught). What must hold either way is
+    # checked above: one FINISHED run per trial, none RUNNING.
+    assert len(killed) >= 1
     assert {r.data.tags[M.TAG_TRIAL_ID] for r in killed} <= set(finished)
     assert {r.info.status for r in trials} == {"FINISHED", "KILLED"}
     for run in runs:
