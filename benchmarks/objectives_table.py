@@ -154,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS)
     p.add_argument("--ema-momentum", type=float, nargs="+", default=None)
     p.add_argument("--expander-width", type=int, nargs="+", default=None)
+    add_run_flags(p)
+    return p.parse_args(argv)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """--cache-dir and --threads, shared with benchmarks/view_bank.py."""
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     p.add_argument(
         "--threads",
@@ -162,7 +168,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads (default 1: the demo's tensors are small, and on a shared "
         "machine two threads per process ran a 10-epoch ema run in 155 s instead of 4 s)",
     )
-    return p.parse_args(argv)
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:

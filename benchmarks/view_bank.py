@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from objectives_table import (  # noqa: E402
-    DEFAULT_CACHE,
+    add_run_flags,
     demo_bank,
     demo_key,
     fmt,
@@ -57,14 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=TrialConfig().lr)
     p.add_argument("--max-epochs", type=int, default=TrialConfig().max_epochs)
     p.add_argument("--views", type=int, nargs="+", default=[DEFAULT_VIEWS, 32])
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: the demo's tensors are small, and on a shared "
-        "machine two threads per process ran a 10-epoch ema run in 155 s instead of 4 s)",
-    )
+    add_run_flags(p)
     return p.parse_args(argv)
 
 
