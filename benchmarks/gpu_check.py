@@ -344,10 +344,23 @@ def extraction(checkpoint: Path, device: torch.device) -> None:
     assert proc.returncode == 0, "extract_throughput.py failed"
 
 
+# The parts `--only` selects, in the order they run.
+PARTS = ("bad-input", "demo", "train-cli", "generated", "ray", "extraction")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="folder for the t-SNE pictures (default: temp)")
+    p.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help="comma-separated parts to run, of: %(default)s (device time is scarce: run "
+        "only what changed); the generated checkpoint and folder are made when a part needs them",
+    )
     args = p.parse_args(argv)
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    if only - set(PARTS):
+        p.error(f"--only: unknown part(s) {sorted(only - set(PARTS))}; known: {', '.join(PARTS)}")
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     if on_gpu:
@@ -359,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         step("environment", lambda: environment(device))
         if not on_gpu:
             print("no GPU: skipped: everything on cuda; the steps below run small on the CPU")
-        step("bad input: several DDP ranks on one GPU", several_workers_on_one_gpu)
+        if "bad-input" in only:
+            step("bad input: several DDP ranks on one GPU", several_workers_on_one_gpu)
 
         def demo() -> None:
             from jepa.backbones import BackboneSpec, build_backbone
@@ -369,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             single_run(device, data, build_backbone(BackboneSpec()), out, "demo")
 
-        step(f"single run on {device}, demo data, 2 epochs (in process)", demo)
+        if "demo" in only:
+            step(f"single run on {device}, demo data, 2 epochs (in process)", demo)
         # `python -m jepa.train` runs no Ray, but imports it (sweeps/cli.py, sweeps/spaces.py).
         missing = [m for m in ("mlflow", "ray") if not have(m)]
-        if not missing:
+        if "train-cli" not in only:
+            pass  # not asked for
+        elif not missing:
             step(f"python -m jepa.train on {device}, 2 epochs", lambda: train_cli(device, tmp))
         else:
             verb = "is" if len(missing) == 1 else "are"
@@ -381,13 +398,14 @@ def main(argv: list[str] | None = None) -> int:
 
         checkpoint = tmp / ("IN1K-vit.h.14-300e.pth.tar" if on_gpu else "vit-tiny-test.pth.tar")
         data = tmp / "tiny-imagenet-200"
-        step(
-            "generated I-JEPA checkpoint (ViT-H/14)"
-            if on_gpu
-            else "generated I-JEPA checkpoint (no GPU: skipped: ViT-H/14; a ViT-tiny instead)",
-            lambda: write_checkpoint(checkpoint, on_gpu, device),
-        )
-        step("generated Tiny-ImageNet folder", lambda: write_tiny_imagenet(data, 20, 15, 5))
+        if only & {"generated", "ray", "extraction"}:
+            step(
+                "generated I-JEPA checkpoint (ViT-H/14)"
+                if on_gpu
+                else "generated I-JEPA checkpoint (no GPU: skipped: ViT-H/14; a ViT-tiny instead)",
+                lambda: write_checkpoint(checkpoint, on_gpu, device),
+            )
+            step("generated Tiny-ImageNet folder", lambda: write_tiny_imagenet(data, 20, 15, 5))
 
         def generated() -> None:
             from jepa.backbones import IJEPA, BackboneSpec, build_backbone
@@ -405,22 +423,28 @@ def main(argv: list[str] | None = None) -> int:
             if on_gpu:
                 torch.cuda.empty_cache()
 
-        step(f"single run on {device}, generated checkpoint and data, 2 epochs", generated)
+        if "generated" in only:
+            step(f"single run on {device}, generated checkpoint and data, 2 epochs", generated)
 
-        print("\n== Ray: 4 trials at --gpus-per-trial 0.25, idle workers' GPU memory, DDP trial")
-        if not on_gpu:
-            print("no GPU: skipped", flush=True)
-        elif not (have("ray") and have("mlflow") and have("optuna")):
-            missing = [m for m in ("ray", "mlflow", "optuna") if not have(m)]
-            verb = "is" if len(missing) == 1 else "are"
-            skipped(f"{' and '.join(missing)} {verb} not installed on this machine")
-        else:
-            step("Ray checks", lambda: ray_checks(checkpoint, data, tmp))
+        if "ray" in only:
+            print(
+                "\n== Ray: 4 trials at --gpus-per-trial 0.25, idle workers' GPU memory, DDP trial"
+            )
+            if not on_gpu:
+                print("no GPU: skipped", flush=True)
+            elif not (have("ray") and have("mlflow") and have("optuna")):
+                missing = [m for m in ("ray", "mlflow", "optuna") if not have(m)]
+                verb = "is" if len(missing) == 1 else "are"
+                skipped(f"{' and '.join(missing)} {verb} not installed on this machine")
+            else:
+                step("Ray checks", lambda: ray_checks(checkpoint, data, tmp))
 
-        step(
-            "extraction throughput" + ("" if on_gpu else " (no GPU: skipped: ViT-H/14; ViT-tiny)"),
-            lambda: extraction(checkpoint, device),
-        )
+        if "extraction" in only:
+            step(
+                "extraction throughput"
+                + ("" if on_gpu else " (no GPU: skipped: ViT-H/14; ViT-tiny)"),
+                lambda: extraction(checkpoint, device),
+            )
     print(f"\nFAILED: {', '.join(FAILED)}" if FAILED else "\nall steps that ran passed")
     return 1 if FAILED else 0
 
