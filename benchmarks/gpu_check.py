@@ -6,7 +6,7 @@ Steps (each prints `== NAME`, its figures, and `ok`, `FAILED` or a `skipped` lin
    is refused with exit 2 before anything starts;
 3. single run, demo data: embedding bank, 2 epochs of training and the evaluation
    (probe, kNN, t-SNE picture) on the device, in this process with the library
-   functions `python -m jepa.train` calls (and `python -m jepa.train` itself when MLflow
+   functions `python -m sweeps.single train` calls (and that command itself when MLflow
    is installed);
 4. generated data: an I-JEPA-format checkpoint (ViT-H/14 with random weights on a GPU,
    a ViT-tiny on the CPU) and a Tiny-ImageNet-format folder;
@@ -165,7 +165,7 @@ def several_workers_on_one_gpu() -> None:
 
 
 def single_run(device: torch.device, dataset, backbone, out: Path, label: str) -> None:
-    """What `python -m jepa.train` does, without MLflow: bank, 2 epochs, evaluation."""
+    """What `python -m sweeps.single train` does, without MLflow: bank, 2 epochs, evaluation."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -207,7 +207,8 @@ def train_cli(device: torch.device, tmp: Path) -> None:
         [
             sys.executable,
             "-m",
-            "jepa.train",
+            "sweeps.single",
+            "train",
             "--device",
             str(device),
             "--max-epochs",
@@ -227,7 +228,7 @@ def train_cli(device: torch.device, tmp: Path) -> None:
         ],
         timeout=600,
     )
-    assert proc.returncode == 0, "python -m jepa.train failed"
+    assert proc.returncode == 0, "python -m sweeps.single train failed"
 
 
 def write_checkpoint(path: Path, huge: bool, device: torch.device) -> None:
@@ -370,14 +371,17 @@ def main(argv: list[str] | None = None) -> int:
             single_run(device, data, build_backbone(BackboneSpec()), out, "demo")
 
         step(f"single run on {device}, demo data, 2 epochs (in process)", demo)
-        # `python -m jepa.train` runs no Ray, but imports it (sweeps/cli.py, sweeps/spaces.py).
-        missing = [m for m in ("mlflow", "ray") if not have(m)]
+        # `python -m sweeps.single train` needs MLflow, not Ray.
+        missing = [m for m in ("mlflow",) if not have(m)]
         if not missing:
-            step(f"python -m jepa.train on {device}, 2 epochs", lambda: train_cli(device, tmp))
+            step(
+                f"python -m sweeps.single train on {device}, 2 epochs",
+                lambda: train_cli(device, tmp),
+            )
         else:
             verb = "is" if len(missing) == 1 else "are"
             why = f"{' and '.join(missing)} {verb} not installed on this machine"
-            print(f"\n== python -m jepa.train\nskipped: {why}")
+            print(f"\n== python -m sweeps.single train\nskipped: {why}")
 
         checkpoint = tmp / ("IN1K-vit.h.14-300e.pth.tar" if on_gpu else "vit-tiny-test.pth.tar")
         data = tmp / "tiny-imagenet-200"

@@ -1,7 +1,7 @@
 """Final evaluation of a representation: probe, kNN, collapse metrics, t-SNE picture.
 
-`python -m jepa.evaluate --run-id ID` loads the predictor a run logged and recomputes
-its probe and t-SNE picture (the wiring is in `sweeps/single.py`).
+`python -m sweeps.single evaluate --run-id ID` loads the predictor a run logged and
+recomputes its probe and t-SNE picture with these functions (`sweeps/single.py`).
 """
 
 from __future__ import annotations
@@ -145,12 +145,6 @@ def clean_bank(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jepa.evaluate --run-id ID`: recompute a logged run's probe and t-SNE."""
-    from sweeps.single import evaluate_main
-
-    return evaluate_main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The command moved to the wiring (the library never imports `sweeps/`).
+    sys.exit("python -m jepa.evaluate is now: python -m sweeps.single evaluate (same flags)")

@@ -1,8 +1,9 @@
 """Training a predictor on pairs of views: a function that returns its metrics.
 
-A Tune trial (through Ray Train workers), a test and `python -m jepa.train` all call
-`train_predictor`. `python -m jepa.train --help` trains one configuration without a
-sweep and logs it to MLflow like a trial (the wiring is in `sweeps/single.py`).
+A Tune trial (through Ray Train workers), a test and `python -m sweeps.single train`
+all call `train_predictor`; that command trains one configuration without a sweep and
+logs it to MLflow like a trial (the wiring, in `sweeps/single.py`, calls this library;
+never the other way).
 """
 
 from __future__ import annotations
@@ -259,12 +260,6 @@ def save_predictor(predictor: HierarchicalPredictor, cfg: TrialConfig, path: str
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jepa.train`: one configuration, no sweep, logged like a trial."""
-    from sweeps.single import train_main
-
-    return train_main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The command moved to the wiring (the library never imports `sweeps/`).
+    sys.exit("python -m jepa.train is now: python -m sweeps.single train (same flags)")

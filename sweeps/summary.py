@@ -43,6 +43,7 @@ import yaml  # noqa: E402
 
 from jepa import metrics as M  # noqa: E402
 from jepa.config import TrialConfig  # noqa: E402
+from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED  # noqa: E402
 from sweeps import tracking  # noqa: E402
 from sweeps.spaces import SearchSpace  # noqa: E402
 from sweeps.stats import Interval, mean_interval  # noqa: E402
@@ -277,6 +278,39 @@ def log_sweep_summary(
     if errors:
         tracking.set_tags(client, parent_id, {"jepa.summary_error": "; ".join(errors)[:5000]})
     return report
+
+
+def log_sweep_totals(
+    client: Any,
+    parent_id: str,
+    raw: dict[str, float],
+    untrained: dict[str, float],
+    statuses: list[str],
+    failed_status: str,
+    configs: int,
+    backbone_images: int,
+    untrained_lift: Interval | None,
+) -> None:
+    """The parent run's totals, after `log_sweep_summary`: the baselines at the sweep's
+    seed, trials by outcome, configs, backbone work and the lift over the untrained
+    predictor (`untrained_lift`, None when no config is best)."""
+    values = {
+        M.BASELINE_PROBE_ACCURACY: raw[M.PROBE_ACCURACY],
+        "baseline_val_probe_accuracy": raw[M.VAL_PROBE_ACCURACY],
+        "untrained_probe_accuracy": untrained[M.PROBE_ACCURACY],
+        "finished_trials": sum(s != failed_status for s in statuses),
+        "failed_trials": sum(s == failed_status for s in statuses),
+        "diverged_trials": sum(s == STATUS_DIVERGED for s in statuses),
+        "collapsed_trials": sum(s == STATUS_COLLAPSED for s in statuses),
+        "configs": configs,
+        "backbone_images": backbone_images,
+    }
+    if untrained_lift is not None:
+        values[M.TEST_PROBE_LIFT_UNTRAINED] = untrained_lift.mean
+        if untrained_lift.has_interval:
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_LOW] = untrained_lift.low
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_HIGH] = untrained_lift.high
+    tracking.log_metrics(client, parent_id, values)
 
 
 def trial_records(client, experiment_id: str, parent_id: str) -> list[TrialRecord]:

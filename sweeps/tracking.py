@@ -22,13 +22,12 @@ from typing import Any, TypeVar
 import yaml
 
 from jepa import metrics as M
-from jepa.errors import UserInputError
+from jepa.errors import UserInputError, first_line
+from sweeps.options import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
 DEFAULT_DB = STORE_DIR / "mlflow.db"
 DEFAULT_ARTIFACTS = STORE_DIR / "artifacts"
-DEFAULT_EXPERIMENT = "jepa-sweeps"
 SERVE_SCRIPT = STORE_DIR / "serve.sh"
 # One log_batch call takes at most this many metrics (MLflow's own limit is 1000).
 BATCH = 900
@@ -118,11 +117,15 @@ def is_locked_error(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
-    """MLflow retries an unreachable HTTP store for minutes by default; a first contact
-    should answer within seconds."""
-    saved = {k: os.environ.get(k) for k in FAST_HTTP}
-    os.environ.update(FAST_HTTP)
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `values` set while the block runs, as it was afterwards.
+
+    For settings MLflow and Ray read from the environment of the process that starts
+    something (a request, a cluster, a Tuner, a Train run): they reach what is started
+    inside the block and do not outlive it in this process (a test, the next sweep).
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -131,6 +134,12 @@ def _fail_fast_http() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _fail_fast_http() -> contextlib.AbstractContextManager[None]:
+    """MLflow retries an unreachable HTTP store for minutes by default; a first contact
+    should answer within seconds."""
+    return scoped_environ(FAST_HTTP)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -145,7 +154,7 @@ def ensure_experiment(uri: str, name: str) -> str:
             exp = c.get_experiment_by_name(name)
     except Exception as exc:  # MLflow raises many types for "cannot reach the store"
         raise UserInputError(
-            f"cannot reach the MLflow tracking store {uri}: {_first_line(exc)}; "
+            f"cannot reach the MLflow tracking store {uri}: {first_line(exc, 300)}; "
             "check --tracking-uri / MLFLOW_TRACKING_URI"
         ) from None
     if exp is not None:
@@ -208,8 +217,3 @@ def log_traceback(c, run_id: str, exc: BaseException) -> None:
         path = Path(tmp) / "traceback.txt"
         path.write_text("".join(traceback.format_exception(exc)))
         c.log_artifact(run_id, str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

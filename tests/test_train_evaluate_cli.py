@@ -1,4 +1,4 @@
-"""`python -m jepa.train` and `python -m jepa.evaluate` as a user runs them."""
+"""`python -m sweeps.single train` and `... evaluate` as a user runs them."""
 
 from __future__ import annotations
 
@@ -19,11 +19,32 @@ from tests.conftest import ROOT
 SMALL = ["--images-per-class", "30", "--eval-per-class", "20", "--views", "2"]
 
 
-def run_module(module: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+# Runs a module as `python -m` does, in a process where `import ray` raises ImportError,
+# as on a machine without Ray: the single-run commands must not need it.
+WITHOUT_RAY = """
+import runpy, sys
+
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"{name} is hidden by the test (no Ray here)")
+        return None
+
+sys.meta_path.insert(0, NoRay())
+module = sys.argv.pop(1)
+sys.argv[0] = module
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_module(
+    module: str, args: list[str], timeout: float = 600, without_ray: bool = False
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    launch = ["-c", WITHOUT_RAY, module] if without_ray else ["-m", module]
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *launch, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -35,8 +56,9 @@ def run_module(module: str, args: list[str], timeout: float = 600) -> subprocess
 def test_train_logs_a_trial_and_evaluate_reproduces_its_probe(sweep_dirs, tmp_path):
     uri = sweep_dirs.tracking_uri
     train = run_module(
-        "jepa.train",
+        "sweeps.single",
         [
+            "train",
             "--objective",
             "vicreg",
             "--max-epochs",
@@ -47,6 +69,7 @@ def test_train_logs_a_trial_and_evaluate_reproduces_its_probe(sweep_dirs, tmp_pa
             "--cache-dir",
             str(sweep_dirs.cache_dir),
         ],
+        without_ray=True,
     )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "Running" not in train.stdout and "Using the embedded demo" in train.stdout
@@ -54,7 +77,7 @@ def test_train_logs_a_trial_and_evaluate_reproduces_its_probe(sweep_dirs, tmp_pa
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("jepa-sweeps").experiment_id])
     run_id = run.info.run_id
-    assert f"python -m jepa.evaluate --run-id {run_id}" in train.stdout
+    assert f"python -m sweeps.single evaluate --run-id {run_id}" in train.stdout
     assert run.info.status == "FINISHED"
     assert run.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL and run.data.tags[M.TAG_SINGLE] == "true"
     assert run.data.tags[M.TAG_STATUS] == "finished"
@@ -76,13 +99,48 @@ def test_train_logs_a_trial_and_evaluate_reproduces_its_probe(sweep_dirs, tmp_pa
 
     out_dir = tmp_path / "reeval"
     evaluate = run_module(
-        "jepa.evaluate",
-        ["--run-id", run_id, "--tracking-uri", uri, "--output-dir", str(out_dir)],
+        "sweeps.single",
+        ["evaluate", "--run-id", run_id, "--tracking-uri", uri, "--output-dir", str(out_dir)],
+        without_ray=True,
     )
     assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
     recomputed = _value(evaluate.stdout, f"Run {run_id}: probe_accuracy=")
     assert abs(recomputed - metrics[M.PROBE_ACCURACY]) <= 0.01
     assert (out_dir / M.TSNE_ARTIFACT).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_diverged_run_ends_finished_tagged_diverged_like_a_trial(sweep_dirs):
+    """lr=1e30 blows the weights up: nothing to probe, so (as a sweep's trial) the run
+    skips the evaluation and ends FINISHED with jepa.status=diverged and no weights."""
+    uri = sweep_dirs.tracking_uri
+    train = run_module(
+        "sweeps.single",
+        ["train", "--objective", "cross_view", "--lr", "1e30", "--max-epochs", "2", *SMALL]
+        + ["--tracking-uri", uri, "--cache-dir", str(sweep_dirs.cache_dir)],
+        without_ray=True,
+    )
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "status=diverged" in train.stdout
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("jepa-sweeps").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[M.TAG_STATUS] == "diverged"
+    assert run.data.tags[M.TAG_SINGLE] == "true"
+    assert M.PROBE_ACCURACY not in run.data.metrics and "epochs_run" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert M.CONFIG_ARTIFACT in artifacts and M.PREDICTOR_ARTIFACT not in artifacts
+
+
+def test_the_old_commands_say_where_they_went():
+    proc = run_module("jepa.train", ["--help"], timeout=300)
+    assert proc.returncode == 1 and "python -m sweeps.single train" in proc.stderr
+
+
+def test_without_a_command_exits_2(capsys):
+    from sweeps.single import main
+
+    assert main([]) == 2 and main(["fit"]) == 2
+    assert "{train,evaluate}" in capsys.readouterr().err
 
 
 def _value(text: str, prefix: str) -> float:
@@ -91,14 +149,15 @@ def _value(text: str, prefix: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("module", "flags"),
+    ("command", "flags"),
     [
-        ("jepa.train", ["--objective", "--depth", "--max-epochs", "--tracking-uri", "--seed"]),
-        ("jepa.evaluate", ["--run-id", "--tracking-uri", "--output-dir", "--checkpoint"]),
+        ("train", ["--objective", "--depth", "--max-epochs", "--tracking-uri", "--arch"]),
+        ("train", ["--skip-bad-images", "--val-per-class", "--seed"]),
+        ("evaluate", ["--run-id", "--tracking-uri", "--output-dir", "--checkpoint"]),
     ],
 )
-def test_help(module, flags):
-    proc = run_module(module, ["--help"], timeout=300)
+def test_help(command, flags):
+    proc = run_module("sweeps.single", [command, "--help"], timeout=300)
     assert proc.returncode == 0
     for flag in flags:
         assert flag in proc.stdout, flag
