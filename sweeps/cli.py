@@ -1,4 +1,4 @@
-"""Command-line interface of `sweeps/run.py`: flags, resolution, exit codes.
+"""Command line of `sweeps/run.py`: its flags, checked into `SweepOptions`; exit codes.
 
 Exit 0 on success; 2 on bad input with one line on stderr that says what is wrong and
 how to fix it; 1 on any other failure.
@@ -46,6 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_what_flags(p)
+    _add_tracking_flags(p)
+    _add_cluster_flags(p)
+    add_source_flags(p)
+    cache = p.add_argument_group("embedding cache")
+    cache.add_argument(
+        "--feature-cache",
+        choices=("on", "off"),
+        default="on",
+        help="off: augment and run the backbone on every batch (the seed's way)",
+    )
+    add_cache_flags(cache)
+    return p
+
+
+def _add_what_flags(p: argparse.ArgumentParser) -> None:
+    """--space, --list-spaces, --num-samples, --seeds, --max-epochs, --seed, ..."""
     what = p.add_argument_group("what to sweep")
     what.add_argument(
         "--space",
@@ -92,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="retries of a trial that raises before it counts as failed (the sweep goes on)",
     )
+
+
+def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
+    """--experiment, --tracking-uri, --storage, --resume."""
     track = p.add_argument_group("tracking and storage")
     track.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     track.add_argument(
@@ -111,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the last interrupted sweep of this space and experiment",
     )
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """--address, --workers-per-trial, --gpus-per-trial, --cpus-per-worker."""
     cluster = p.add_argument_group("cluster")
     cluster.add_argument(
         "--address",
@@ -136,16 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="CPUs each Ray Train worker reserves",
     )
-    add_source_flags(p)
-    cache = p.add_argument_group("embedding cache")
-    cache.add_argument(
-        "--feature-cache",
-        choices=("on", "off"),
-        default="on",
-        help="off: augment and run the backbone on every batch (the seed's way)",
-    )
-    add_cache_flags(cache)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,10 +23,13 @@ from jepa.features import FeatureBank
 from jepa.train import STATUS_DIVERGED, TrainResult, save_predictor
 from sweeps import tracking
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 
 @contextlib.contextmanager
 def trial_run(
-    client: Any,
+    client: MlflowClient,
     experiment_id: str,
     run_name: str,
     tags: dict[str, str],
@@ -55,14 +58,14 @@ def trial_run(
     client.set_terminated(run_id, "FINISHED")
 
 
-def log_epoch(client: Any, run_id: str, row: dict[str, float]) -> None:
+def log_epoch(client: MlflowClient, run_id: str, row: dict[str, float]) -> None:
     """One epoch's row of `train_predictor` (its `epoch` is the step)."""
     values = {k: v for k, v in row.items() if k != M.EPOCH}
     tracking.log_metrics(client, run_id, values, step=int(row[M.EPOCH]))
 
 
 def finish_trial(
-    client: Any,
+    client: MlflowClient,
     run_id: str,
     result: TrainResult,
     bank: FeatureBank,

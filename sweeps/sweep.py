@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -31,6 +31,9 @@ from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
 from sweeps.summary import ConfigStats, log_sweep_summary, log_sweep_totals
 from sweeps.trial import SweepContext, run_trial
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
@@ -119,7 +122,7 @@ class Sweep:
         self,
         opts: SweepOptions,
         prepared: Prepared,
-        client: Any,
+        client: MlflowClient,
         record: resume.SweepRecord,
         started_ray: bool,
     ) -> None:
@@ -343,7 +346,7 @@ class Sweep:
         return summary
 
 
-def _new_parent(opts: SweepOptions, prepared: Prepared, client: Any) -> resume.SweepRecord:
+def _new_parent(opts: SweepOptions, prepared: Prepared, client: MlflowClient) -> resume.SweepRecord:
     """A new parent run and the `sweep.json` that names it (for `--resume`)."""
     sweep_name = f"{opts.space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = client.create_run(
@@ -424,7 +427,14 @@ def _baseline_bank(opts: SweepOptions, cache, base_config: dict[str, Any]) -> Fe
     return ray.get(ray.get(ref)[0])
 
 
-def _new_baselines(client, experiment_id, parent_id, sweep_name, run_tags, run_params) -> Baselines:
+def _new_baselines(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    sweep_name: str,
+    run_tags: dict[str, str],
+    run_params: dict[str, Any],
+) -> Baselines:
     """The two baseline runs, open until their first seeds are scored."""
     run_ids = {}
     for kind in (M.BASELINE_RAW, M.BASELINE_UNTRAINED):
@@ -445,11 +455,11 @@ def _new_baselines(client, experiment_id, parent_id, sweep_name, run_tags, run_p
 
 
 def _score_baselines(
-    client,
+    client: MlflowClient,
     baselines: Baselines,
     bank: FeatureBank,
     base_config: dict[str, Any],
-    seeds,
+    seeds: Iterable[int],
     announce: bool = False,
 ) -> None:
     """Score both baselines at each of `seeds` not scored yet, logged in their runs at

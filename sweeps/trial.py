@@ -261,14 +261,7 @@ def trial_body(job: TrialJob) -> dict[str, float]:
         # Tagged here, not by the trial's driver: the driver reserves no CPU and may sit
         # on any node; the node that trains is the one that matters.
         tracking.set_tags(client, job.run_id, node_tags())
-    data = ray.get(job.data[0])
-    if job.feature_cache:
-        bank: FeatureBank = data
-        views: CachedViewPairs | LiveViewPairs = CachedViewPairs(bank.views)
-    else:
-        start = time.perf_counter()
-        bank, views = _live_views(data, job.backbone, cfg, device)
-        times[M.TIME_BACKBONE] = time.perf_counter() - start
+    bank, views = _fetch(job, device, times)
     # The per-epoch diagnostics (kNN, what ASHA prunes on) score the validation split:
     # nothing the search sees comes from the test split.
     evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
@@ -310,6 +303,21 @@ def trial_body(job: TrialJob) -> dict[str, float]:
         )
     ray.train.report(final)
     return times
+
+
+def _fetch(
+    job: TrialJob, device: torch.device, times: dict[str, float]
+) -> tuple[FeatureBank, CachedViewPairs | LiveViewPairs]:
+    """The trial's bank and its training views: the cached bank's, or (cache off) live
+    views from the images, with the backbone's time in `times`."""
+    data = ray.get(job.data[0])
+    if job.feature_cache:
+        return data, CachedViewPairs(data.views)
+    start = time.perf_counter()
+    assert job.backbone is not None  # the driver sends it when the cache is off
+    bank, views = _live_views(data, job.backbone, job.config, device)
+    times[M.TIME_BACKBONE] = time.perf_counter() - start
+    return bank, views
 
 
 def _live_views(
