@@ -6,7 +6,7 @@ Steps (each prints `== NAME`, its figures, and `ok`, `FAILED` or a `skipped` lin
    is refused with exit 2 before anything starts;
 3. single run, demo data: embedding bank, 2 epochs of training and the evaluation
    (probe, kNN, t-SNE picture) on the device, in this process with the library
-   functions `python -m jepa.train` calls (and `python -m jepa.train` itself when MLflow
+   functions `python -m jepa.train` calls (and that command itself when MLflow
    is installed);
 4. generated data: an I-JEPA-format checkpoint (ViT-H/14 with random weights on a GPU,
    a ViT-tiny on the CPU) and a Tiny-ImageNet-format folder;
@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if "demo" in only:
             step(f"single run on {device}, demo data, 2 epochs (in process)", demo)
-        # `python -m jepa.train` runs no Ray, but imports it (sweeps/cli.py, sweeps/spaces.py).
-        missing = [m for m in ("mlflow", "ray") if not have(m)]
+        # `python -m jepa.train` needs MLflow, not Ray.
+        missing = [m for m in ("mlflow",) if not have(m)]
         if "train-cli" not in only:
             pass  # not asked for
         elif not missing:

@@ -24,6 +24,7 @@ timing: a busy machine gives the same numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         views = CachedViewPairs(bank.views)
         for variant in rows:
             for lr in args.lrs:
-                cfg = base.replace(objective=variant.objective, lr=lr, **dict(variant.overrides))
+                cfg = dataclasses.replace(
+                    base, objective=variant.objective, lr=lr, **dict(variant.overrides)
+                )
                 result = train_predictor(cfg, views, evalset, stop_on_collapse=False)
                 predictor = result.predictor.eval()
                 finite = all(bool(torch.isfinite(p).all()) for p in predictor.parameters())

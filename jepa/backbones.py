@@ -14,64 +14,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from jepa.errors import UserInputError
+from jepa.features import file_sha256 as file_sha256  # a checkpoint's hash, as a bank's
 
-DEMO = "demo-vit"
-IJEPA = "ijepa"
+# Defined in jepa.frozen (which jepa.ijepa imports without a loop), named here too.
+from jepa.frozen import DEMO as DEMO
+from jepa.frozen import IJEPA as IJEPA
+from jepa.frozen import BackboneSpec as BackboneSpec
+from jepa.frozen import FrozenBackbone as FrozenBackbone
+
 DEMO_IMAGE_SIZE = 32
 DEMO_SEED = 0
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which backbone: `name` from `BACKBONES`; for `ijepa` the checkpoint and encoder."""
-
-    name: str = DEMO
-    checkpoint: str | None = None
-    encoder: str = "target"
-    """`target` (the paper evaluates the target encoder) or `context`."""
-    arch: str | None = None
-    """timm architecture name; None = recognised from the checkpoint's tensor shapes."""
-
-    @property
-    def is_demo(self) -> bool:
-        return self.name == DEMO
-
-
-class FrozenBackbone(nn.Module):
-    """A ViT in eval mode with gradients off.
-
-    `embed(images)`: normalised images [B, 3, S, S] -> embeddings [B, D], the mean of
-    the final-LayerNorm patch tokens, where S = `image_size`, D = `embed_dim`.
-    """
-
-    def __init__(self, vit: VisionTransformer, image_size: int, description: str) -> None:
-        super().__init__()
-        if (
-            vit.global_pool != "avg"
-            or vit.has_class_token
-            or not isinstance(vit.fc_norm, nn.Identity)
-        ):
-            raise ValueError("backbone must pool by mean over normed tokens, without CLS token")
-        self.vit = vit.eval().requires_grad_(False)
-        self.image_size = image_size
-        self.embed_dim: int = vit.embed_dim
-        self.description = description
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.vit.forward_features(images)  # [B, N, D], final norm applied
-        return self.vit.forward_head(tokens, pre_logits=True)  # mean over tokens: [B, D]
-
-    def train(self, mode: bool = True) -> FrozenBackbone:
-        # Frozen: stays in eval mode whatever the caller asks.
-        return super().train(False)
 
 
 def demo_vit() -> VisionTransformer:
@@ -138,14 +96,6 @@ def state_dict_hash(module: nn.Module) -> str:
     for key, tensor in module.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
     return digest.hexdigest()
 
 

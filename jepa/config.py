@@ -86,9 +86,6 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> TrialConfig:
-        return dataclasses.replace(self, **changes)
-
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     """Coerce a YAML/Tune value to the field's type (Optuna hands back numpy scalars)."""

@@ -16,63 +16,21 @@ Data sets:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jepa.errors import UserInputError
+# Defined in jepa.splits (which jepa.tiny_imagenet imports without a loop), named here too.
+from jepa.splits import DIGITS as DIGITS
+from jepa.splits import DatasetSpec as DatasetSpec
+from jepa.splits import ImageDataset as ImageDataset
+from jepa.splits import balanced_subset as balanced_subset
 
-DIGITS = "digits"
 # The demo's three-way split: test and validation fractions of the 1,797 images (360
 # and 359 images), the rest (1,078) for training.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_VAL_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What to load: `source` is `digits` or the path of a Tiny-ImageNet-200 folder."""
-
-    source: str = DIGITS
-    images_per_class: int | None = None
-    """Training images per class; None = all (digits) or 10 (Tiny-ImageNet, the seed's 2,000)."""
-    eval_per_class: int | None = None
-    """Test images per class; None = all."""
-    val_per_class: int | None = None
-    """Validation images per class; None = all (digits) or 10 (Tiny-ImageNet)."""
-    seed: int = 0
-    skip_bad_images: bool = False
-
-    @property
-    def is_demo(self) -> bool:
-        return self.source == DIGITS
-
-
-@dataclass
-class ImageDataset:
-    """Three disjoint labelled splits of uint8 images.
-
-    train_images: [N, 3, h, w] uint8; train_labels: [N] int64; the same for val_*
-    (validation, [V, ...]) and eval_* (test, [M, ...]).
-    """
-
-    name: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    eval_images: torch.Tensor
-    eval_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-    class_names: list[str]
-    manifest_hash: str
-    """SHA-256 over what was loaded (files and labels), part of the embedding-cache key."""
-    skipped_images: int = 0
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 def load_dataset(spec: DatasetSpec) -> ImageDataset:
@@ -123,33 +81,6 @@ def load_digits(spec: DatasetSpec) -> ImageDataset:
         class_names=[str(d) for d in range(10)],
         manifest_hash=digest.hexdigest(),
     )
-
-
-def balanced_subset(
-    labels: np.ndarray, per_class: int | None, seed: int, index: np.ndarray | None = None
-) -> np.ndarray:
-    """`per_class` items of every class, chosen by `seed`, in a stable order.
-
-    labels: [N] class of each item; index: [N] what to return for each item (default
-    0..N-1). Returns the chosen entries of `index`, sorted. A class with fewer than
-    `per_class` items is a `UserInputError`.
-    """
-    index = np.arange(len(labels)) if index is None else np.asarray(index)
-    if per_class is None:
-        return np.sort(index)
-    if per_class < 1:
-        raise UserInputError(f"images per class must be >= 1, got {per_class}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        if len(members) < per_class:
-            raise UserInputError(
-                f"--images-per-class {per_class} is more than the data has: class {cls} "
-                f"has {len(members)}; use at most {min(np.bincount(labels)[np.unique(labels)])}"
-            )
-        chosen.append(rng.choice(members, size=per_class, replace=False))
-    return np.sort(index[np.concatenate(chosen)])
 
 
 def describe(spec: DatasetSpec) -> str:

@@ -1,7 +1,7 @@
 """Final evaluation of a representation: probe, kNN, collapse metrics, t-SNE picture.
 
-`python -m jepa.evaluate --run-id ID` loads the predictor a run logged and recomputes
-its probe and t-SNE picture (the wiring is in `sweeps/single.py`).
+`python -m jepa.evaluate --run-id ID` (wired in `sweeps/single.py`) loads the predictor a
+run logged and recomputes its probe and t-SNE picture with these functions.
 """
 
 from __future__ import annotations
@@ -145,12 +145,7 @@ def clean_bank(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jepa.evaluate --run-id ID`: recompute a logged run's probe and t-SNE."""
-    from sweeps.single import evaluate_main
-
-    return evaluate_main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from jepa.commands import hand_over
+
+    hand_over("evaluate", sys.argv[1:])

@@ -25,9 +25,9 @@ import torch
 
 if TYPE_CHECKING:  # imported where used: a trial reading a bank needs neither timm nor
     # torchvision, and importing them costs a trial's process seconds
-    from jepa.backbones import FrozenBackbone
     from jepa.batch_augment import BatchViews
     from jepa.data import ImageDataset
+    from jepa.frozen import FrozenBackbone
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class FeatureStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("sha256") != _file_sha256(data_path) or meta.get("key") != asdict(key):
+            if meta.get("sha256") != file_sha256(data_path) or meta.get("key") != asdict(key):
                 raise ValueError("checksum or key mismatch")
             state = torch.load(data_path, map_location="cpu", weights_only=True)
             return FeatureBank.from_state(state)
@@ -374,7 +374,7 @@ class FeatureStore:
         self.root.mkdir(parents=True, exist_ok=True)
         data_path, meta_path = self.paths(key)
         _atomic_write(data_path, lambda f: torch.save(bank.to_state(), f))
-        meta = {"key": asdict(key), "sha256": _file_sha256(data_path)}
+        meta = {"key": asdict(key), "sha256": file_sha256(data_path)}
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         return data_path
 
@@ -390,9 +390,10 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read `chunk` bytes at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

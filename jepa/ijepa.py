@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from jepa.backbones import BackboneSpec, FrozenBackbone
-from jepa.errors import UserInputError
+from jepa.errors import UserInputError, first_line
+from jepa.frozen import BackboneSpec, FrozenBackbone
 
 ENCODER_KEYS = {"target": "target_encoder", "context": "encoder"}
 """`BackboneSpec.encoder` -> the checkpoint's key. The paper evaluates the target encoder."""
@@ -362,4 +362,4 @@ def _first_line(exc: BaseException) -> str:
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if refused:
         return f"it holds a Python object a weights-only load refuses: {refused.group(1)}"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return first_line(exc)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # no screen on workers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# Figures are made with matplotlib's object API (`Figure`), never pyplot: no backend is
+# chosen, on import or later, and no window can open; `savefig` renders with Agg.
+from matplotlib.figure import Figure
 
 TSNE_PCA_DIMS = 50
 TSNE_MAX_POINTS = 2000
@@ -74,8 +75,9 @@ def save_tsne_picture(
         x, labels = x[keep], labels[keep]
     xy = tsne_2d(x, seed)
     n_classes = len(np.unique(labels))
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
+    fig = Figure(figsize=(6, 6), dpi=100)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
     scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels % cmap.N, cmap=cmap, s=6, alpha=0.8)
     if n_classes <= 10:
         ax.legend(*scatter.legend_elements(), title="class", loc="best", fontsize=7)
@@ -85,5 +87,4 @@ def save_tsne_picture(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -44,10 +44,5 @@ class HierarchicalPredictor(nn.Module):
         self.blocks = nn.Sequential(*(ResidualBottleneck(dim, width) for _ in range(depth)))
         self.proj = nn.Linear(dim, dim)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual blocks alone, [B, D] -> [B, D]: the "encoder" half that the
-        stop-gradient and EMA objectives use as their target (see `jepa.objectives`)."""
-        return self.blocks(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.blocks(x))

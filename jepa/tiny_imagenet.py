@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jepa.data import DatasetSpec, ImageDataset, balanced_subset
 from jepa.errors import UserInputError
+from jepa.splits import DatasetSpec, ImageDataset, balanced_subset
 
 NAME = "tiny-imagenet-200"
 DEFAULT_IMAGES_PER_CLASS = 10

@@ -1,8 +1,9 @@
 """Training a predictor on pairs of views: a function that returns its metrics.
 
 A Tune trial (through Ray Train workers), a test and `python -m jepa.train` all call
-`train_predictor`. `python -m jepa.train --help` trains one configuration without a
-sweep and logs it to MLflow like a trial (the wiring is in `sweeps/single.py`).
+`train_predictor`; that command trains one configuration without a sweep and logs it to
+MLflow like a trial (its wiring is `sweeps/single.py`, which calls this library, never
+the other way: `jepa/commands.py` says how the command reaches it).
 """
 
 from __future__ import annotations
@@ -259,12 +260,7 @@ def save_predictor(predictor: HierarchicalPredictor, cfg: TrialConfig, path: str
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jepa.train`: one configuration, no sweep, logged like a trial."""
-    from sweeps.single import train_main
-
-    return train_main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from jepa.commands import hand_over
+
+    hand_over("train", sys.argv[1:])

@@ -14,7 +14,7 @@ import time
 import ray
 import torch
 
-from jepa.backbones import BackboneSpec, build_backbone
+from jepa.backbones import BackboneSpec, FrozenBackbone, build_backbone
 from jepa.data import ImageDataset
 from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank, compute_mode
 
@@ -77,7 +77,7 @@ class FeatureCacheActor:
             compute=compute_mode(self.device),
         )
 
-    def backbone(self):
+    def backbone(self) -> FrozenBackbone:
         if self._backbone is None:
             self._backbone = build_backbone(self.backbone_spec)
         return self._backbone

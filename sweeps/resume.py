@@ -29,10 +29,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa import metrics as M
 from jepa.errors import UserInputError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 SWEEP_FILE = "sweep.json"
 RUNNING = "running"
@@ -165,7 +168,7 @@ def optuna_history(folder: Path) -> int | None:
     return sum(1 for t in study.trials if t.state != TrialState.WAITING)
 
 
-def iter_runs(client, experiment_id: str, filter_string: str) -> Iterator[Any]:
+def iter_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Any]:
     """Every run matching `filter_string`, page by page."""
     token = None
     while True:
@@ -178,7 +181,9 @@ def iter_runs(client, experiment_id: str, filter_string: str) -> Iterator[Any]:
             return
 
 
-def close_running_children(client, experiment_id: str, parent_run_id: str, status: str) -> int:
+def close_running_children(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, status: str
+) -> int:
     """Mark the sweep's runs still RUNNING (trials, baseline) as `status`; returns how many.
 
     Runs are RUNNING after an interruption because their processes died without closing
@@ -206,7 +211,7 @@ class EarlierAttempts:
 
 
 def close_earlier_attempts(
-    client, experiment_id: str, parent_run_id: str, trial_id: str
+    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str
 ) -> EarlierAttempts:
     """Before a trial (re)starts: close its earlier runs left RUNNING as KILLED.
 
@@ -246,7 +251,7 @@ class SweepRecord:
     def save(self) -> None:
         self.state.save(self.folder)
 
-    def close(self, client, run_status: str, sweep_status: str) -> None:
+    def close(self, client: MlflowClient, run_status: str, sweep_status: str) -> None:
         """End the parent run with `run_status`; runs of trials cut off (by Ctrl-C, a
         failure of the sweep, or a scheduler's early stop) end KILLED."""
         close_running_children(client, self.state.experiment_id, self.state.parent_run_id, "KILLED")
@@ -255,7 +260,7 @@ class SweepRecord:
         self.save()
 
 
-def reopen(client, state: SweepState, folder: Path) -> SweepRecord:
+def reopen(client: MlflowClient, state: SweepState, folder: Path) -> SweepRecord:
     """Take up an interrupted sweep: its runs left RUNNING are KILLED, its parent reused."""
     closed = close_running_children(client, state.experiment_id, state.parent_run_id, "KILLED")
     client.update_run(state.parent_run_id, status="RUNNING")
@@ -274,7 +279,9 @@ def space_id(space_path: str | Path) -> str:
     return str(Path(space_path).resolve())
 
 
-def fingerprint(opts: Any, base_config: dict[str, Any], backbone_hash: str, dataset: Any):
+def fingerprint(
+    opts: Any, base_config: dict[str, Any], backbone_hash: str, dataset: Any
+) -> dict[str, Any]:
     """The options (`SweepOptions`) a resumed sweep must share with the one it continues."""
     return {
         "space_sha256": hashlib.sha256(Path(opts.space.path).read_bytes()).hexdigest()[:16],
@@ -315,7 +322,7 @@ def watch_interrupt() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def restore_tuner(record: SweepRecord, trainable: Any):
+def restore_tuner(record: SweepRecord, trainable: Any) -> Any:
     """Tune's own restore: finished trials stay finished, the trials cut off run again,
     the search generator and the Optuna study (with its history) are unpickled."""
     from ray import tune

@@ -1,15 +1,17 @@
-"""One configuration without a sweep: `python -m jepa.train` and `python -m jepa.evaluate`.
+"""One configuration without a sweep, no Ray: `python -m jepa.train` trains and logs one
+run like a sweep's trial; `python -m jepa.evaluate` re-evaluates a run. Both hand their
+process over to `python -m sweeps.single train|evaluate` (this module; `jepa/commands.py`).
 
-`python -m jepa.train` trains one `TrialConfig` in this process (no Ray) and logs it
-to MLflow the way a sweep's trial is logged: tag `jepa.role=trial` (plus
-`jepa.single=true`, and no parent run), the resolved config and the data's identity as
-params, the per-epoch metrics, `probe_accuracy`, `probe_lift` against the raw
-backbone's probe on the same splits, `jepa.status`, and the artifacts
-`tsne_embeddings.png`, `predictor.pt`, `config.yaml`.
+`train` trains one `TrialConfig` in this process and logs it through `sweeps.lifecycle`,
+as a sweep's trial is logged: tag `jepa.role=trial` (plus `jepa.single=true`, and no
+parent run), the resolved config and the data's identity as params, the per-epoch
+metrics, `probe_accuracy`, `probe_lift` against the raw backbone's probe on the same
+splits, `jepa.status`, and the artifacts `tsne_embeddings.png`, `predictor.pt`,
+`config.yaml`. A diverged run ends FINISHED, tagged diverged, as a trial does.
 
-`python -m jepa.evaluate --run-id ID` downloads a run's `predictor.pt`, embeds the
-run's data set with the run's backbone again (checking both against the hashes the run
-logged) and recomputes the probe, kNN, collapse metrics and the t-SNE picture.
+`evaluate --run-id ID` downloads a run's `predictor.pt`, embeds the run's data set with
+the run's backbone again (checking both against the hashes the run logged) and
+recomputes the probe, kNN, collapse metrics and the t-SNE picture.
 
 Both exit 0 on success, 2 on bad input (one line on stderr), 1 on any other failure.
 """
@@ -21,17 +23,16 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from jepa import metrics as M
-from jepa.backbones import BACKBONES, DEMO, IJEPA, BackboneSpec, build_backbone, weights_hash
+from jepa.backbones import DEMO, IJEPA, BackboneSpec, build_backbone, weights_hash
 from jepa.config import OBJECTIVES, TrialConfig
 from jepa.data import DatasetSpec, describe, load_dataset
-from jepa.errors import UserInputError
-from jepa.evaluate import clean_bank, evaluate_representation, load_predictor
+from jepa.errors import UserInputError, first_line
+from jepa.evaluate import clean_bank, evaluate_representation, load_predictor, raw_probe_accuracy
 from jepa.features import (
     DEFAULT_VIEWS,
     FeatureBank,
@@ -40,11 +41,26 @@ from jepa.features import (
     compute_bank,
     compute_mode,
 )
-from jepa.train import EvalSet, save_predictor, train_predictor
+from jepa.train import EvalSet, train_predictor
 from jepa.views import CachedViewPairs
-from sweeps import tracking
-from sweeps.cli import DEFAULT_CACHE, DEFAULT_CHECKPOINT, resolve_paths
+from sweeps import lifecycle, tracking
+from sweeps.options import (
+    DEFAULT_CACHE,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_EXPERIMENT,
+    TRACKING_URI_HELP,
+    Parser,
+    SourceOptions,
+    add_cache_flags,
+    add_source_flags,
+    check_views,
+    device,
+    source_options,
+)
 
+# The commands as DESIGN.md documents them (and as --help and the hints print them).
+TRAIN = "python -m jepa.train"
+EVALUATE = "python -m jepa.evaluate"
 # Params a single run logs besides the config, so that `jepa.evaluate` can rebuild the
 # same data set without being told (sweep trials do not have them: then the defaults, or
 # the flags, are used and checked against the logged manifest hash).
@@ -54,18 +70,12 @@ PARAM_VIEWS = "views"
 DEFAULT_TOLERANCE = 0.01
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as sweeps/run.py does
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-# --- python -m jepa.train ----------------------------------------------------------------
+# --- python -m sweeps.single train -------------------------------------------------------
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m jepa.train",
+    p = Parser(
+        prog=TRAIN,
         description=(
             "Train one predictor configuration without a sweep (no Ray) and log it to "
             "MLflow like a sweep's trial: params, per-epoch metrics, probe accuracy and "
@@ -95,24 +105,13 @@ def build_train_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{text} (config default {getattr(defaults, name)})",
         )
-    _add_source_flags(p)
-    cache = p.add_argument_group("embedding cache")
-    cache.add_argument(
-        "--views",
-        type=int,
-        default=DEFAULT_VIEWS,
-        help="augmented views per training image (default: %(default)s)",
-    )
-    cache.add_argument(
-        "--cache-dir",
-        default=str(DEFAULT_CACHE),
-        help="embedding cache folder (default: %(default)s)",
-    )
+    add_source_flags(p)
+    add_cache_flags(p.add_argument_group("embedding cache"))
     track = p.add_argument_group("tracking")
-    _add_tracking_flags(track)
+    track.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     track.add_argument(
         "--experiment",
-        default=tracking.DEFAULT_EXPERIMENT,
+        default=DEFAULT_EXPERIMENT,
         help="MLflow experiment name (default: %(default)s)",
     )
     track.add_argument("--run-name", default=None, help="MLflow run name (default: generated)")
@@ -120,59 +119,21 @@ def build_train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_source_flags(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("backbone and data (as sweeps/run.py)")
-    src.add_argument(
-        "--backbone",
-        choices=("auto", *BACKBONES),
-        default="auto",
-        help=f"auto: {IJEPA} when the checkpoint is found, else {DEMO}",
-    )
-    src.add_argument(
-        "--checkpoint",
-        default=None,
-        help=f"I-JEPA checkpoint (default: {DEFAULT_CHECKPOINT.name} at the project root)",
-    )
-    src.add_argument(
-        "--encoder",
-        choices=("target", "context"),
-        default="target",
-        help="which encoder of the checkpoint (default: %(default)s)",
-    )
-    src.add_argument(
-        "--data",
-        default=None,
-        help="Tiny-ImageNet-200 folder or 'digits' (default: data/tiny-imagenet-200 when "
-        "present, else digits)",
-    )
-    src.add_argument("--images-per-class", type=int, default=None, help="training images per class")
-    src.add_argument("--eval-per-class", type=int, default=None, help="evaluation images per class")
-
-
-def _add_tracking_flags(group) -> None:
-    group.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
-        "sqlite:///<project>/mlflow/mlflow.db)",
-    )
-
-
-@dataclass
+@dataclass(frozen=True)
 class SingleOptions:
+    """Everything one single run needs, checked."""
+
     config: TrialConfig
-    backbone: BackboneSpec
-    dataset: DatasetSpec
-    demo_reasons: list[str]
+    source: SourceOptions
+    tracking_uri: str
     views: int = DEFAULT_VIEWS
     cache_dir: str = str(DEFAULT_CACHE)
-    tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
-    experiment: str = tracking.DEFAULT_EXPERIMENT
+    experiment: str = DEFAULT_EXPERIMENT
     run_name: str | None = None
     device: str = "cpu"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SingleResult:
     run_id: str
     status: str
@@ -183,42 +144,74 @@ def single_options(args: argparse.Namespace) -> SingleOptions:
     """Validate every flag before anything is computed or logged."""
     overrides = {k: getattr(args, k) for k in TrialConfig.field_names()}
     config = TrialConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-    if args.views < 2:
-        raise UserInputError(f"--views {args.views}: need at least 2 views to make pairs")
-    backbone, checkpoint, data, reasons = resolve_paths(args)
     return SingleOptions(
         config=config,
-        backbone=BackboneSpec(
-            name=backbone, checkpoint=str(checkpoint) if checkpoint else None, encoder=args.encoder
-        ),
-        dataset=DatasetSpec(
-            source=data,
-            images_per_class=args.images_per_class,
-            eval_per_class=args.eval_per_class,
-            seed=config.seed,
-        ),
-        demo_reasons=reasons,
-        views=args.views,
+        source=source_options(args, seed=config.seed),
+        views=check_views(args.views),
         cache_dir=args.cache_dir,
         tracking_uri=args.tracking_uri or tracking.default_tracking_uri(),
         experiment=args.experiment,
         run_name=args.run_name,
-        device=_device(args.device),
+        device=device(args.device),
     )
 
 
 def train_single(opts: SingleOptions) -> SingleResult:
     """Train and evaluate `opts.config` in this process, logged as one MLflow run."""
-    cfg = opts.config
-    dataset = load_dataset(opts.dataset)
-    backbone_hash = weights_hash(opts.backbone)
+    cfg, spec = opts.config, opts.source
+    dataset = load_dataset(spec.dataset)
+    backbone_hash = weights_hash(spec.backbone)
     experiment_id = tracking.ensure_experiment(opts.tracking_uri, opts.experiment)
-    if opts.demo_reasons:
-        print("Using the embedded demo because: " + "; ".join(opts.demo_reasons) + ".")
-    backbone = build_backbone(opts.backbone)
+    if spec.demo_reasons:
+        print("Using the embedded demo because: " + "; ".join(spec.demo_reasons) + ".")
+    bank, embedded = _bank(opts, dataset, backbone_hash)
+    client = tracking.client(opts.tracking_uri)
+    tags = {
+        M.TAG_SINGLE: "true",
+        M.TAG_BACKBONE: spec.backbone.tag,
+        M.TAG_DATASET: describe(spec.dataset),
+    }
+    params = {
+        "backbone_sha256": backbone_hash,
+        "dataset_manifest": dataset.manifest_hash,
+        "train_images": len(dataset.train_images),
+        "val_images": len(dataset.val_images),
+        "eval_images": len(dataset.eval_images),
+        PARAM_IMAGES_PER_CLASS: spec.dataset.images_per_class,
+        PARAM_EVAL_PER_CLASS: spec.dataset.eval_per_class,
+        PARAM_VIEWS: opts.views,
+    }
+    name = opts.run_name or f"single-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with lifecycle.trial_run(client, experiment_id, name, tags, params, cfg) as run_id:
+        print(f"MLflow: experiment {opts.experiment!r}, run {run_id}")
+        baseline = raw_probe_accuracy(bank, cfg.seed)
+        print(f"Baseline (raw backbone): probe_accuracy={baseline:.4f}")
+
+        def on_epoch(row: dict[str, float]) -> None:
+            lifecycle.log_epoch(client, run_id, row)
+            values = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != M.EPOCH)
+            print(f"epoch {int(row[M.EPOCH])}: {values}")
+
+        # Epoch diagnostics on the validation split, as in a sweep's trials.
+        evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
+        result = train_predictor(
+            cfg, CachedViewPairs(bank.views), evalset, on_epoch=on_epoch, device=opts.device
+        )
+        final = lifecycle.finish_trial(
+            client, run_id, result, bank, cfg, baseline=baseline, backbone_images=embedded
+        )
+    status = str(final.pop(M.TAG_STATUS))
+    return SingleResult(run_id=run_id, status=status, metrics=final)
+
+
+def _bank(opts: SingleOptions, dataset: Any, backbone_hash: str) -> tuple[FeatureBank, int]:
+    """(the bank, backbone forward passes spent on it): the same on-disk cache a sweep
+    uses, so a run with a sweep's settings and seed reuses its embeddings."""
+    cfg, store = opts.config, FeatureStore(opts.cache_dir)
+    backbone = build_backbone(opts.source.backbone)
     key = FeatureKey(
         weights_hash=backbone_hash,
-        encoder=opts.backbone.encoder,
+        encoder=opts.source.backbone.encoder,
         manifest_hash=dataset.manifest_hash,
         aug_strength=float(cfg.aug_strength),
         n_views=opts.views,
@@ -226,100 +219,17 @@ def train_single(opts: SingleOptions) -> SingleResult:
         seed=cfg.seed,
         compute=compute_mode(opts.device),
     )
-    bank, embedded = _bank(FeatureStore(opts.cache_dir), key, backbone, dataset, opts)
 
-    client = tracking.client(opts.tracking_uri)
-    run = client.create_run(
-        experiment_id,
-        run_name=opts.run_name or f"single-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={
-            M.TAG_ROLE: M.ROLE_TRIAL,
-            M.TAG_SINGLE: "true",
-            M.TAG_BACKBONE: _backbone_tag(opts.backbone),
-            M.TAG_DATASET: describe(opts.dataset),
-        },
-    )
-    run_id = run.info.run_id
-    print(f"MLflow: experiment {opts.experiment!r}, run {run_id}")
-    try:
-        tracking.log_params(
-            client,
-            run_id,
-            {
-                **cfg.to_dict(),
-                "backbone_sha256": backbone_hash,
-                "dataset_manifest": dataset.manifest_hash,
-                "train_images": len(dataset.train_images),
-                "val_images": len(dataset.val_images),
-                "eval_images": len(dataset.eval_images),
-                PARAM_IMAGES_PER_CLASS: opts.dataset.images_per_class,
-                PARAM_EVAL_PER_CLASS: opts.dataset.eval_per_class,
-                PARAM_VIEWS: opts.views,
-            },
+    def compute() -> FeatureBank:
+        print(f"embedding cache: computing {opts.views} views (aug_strength={key.aug_strength})")
+        return compute_bank(
+            backbone, dataset, key.aug_strength, key.n_views, key.seed, device=opts.device
         )
-        tracking.log_config_yaml(client, run_id, cfg.to_dict())
-        baseline = evaluate_representation(None, bank, seed=cfg.seed)[M.PROBE_ACCURACY]
-        print(f"Baseline (raw backbone): probe_accuracy={baseline:.4f}")
 
-        def on_epoch(row: dict[str, float]) -> None:
-            values = {k: v for k, v in row.items() if k != M.EPOCH}
-            tracking.log_metrics(client, run_id, values, step=int(row[M.EPOCH]))
-            print(
-                f"epoch {int(row[M.EPOCH])}: " + " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            )
-
-        # Epoch diagnostics on the validation split, as in a sweep's trials.
-        evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
-        result = train_predictor(
-            cfg, CachedViewPairs(bank.views), evalset, on_epoch=on_epoch, device=opts.device
-        )
-        predictor = result.predictor.eval().cpu()
-        with tempfile.TemporaryDirectory() as tmp:
-            tsne = Path(tmp) / M.TSNE_ARTIFACT
-            scores = evaluate_representation(
-                predictor, bank, tsne_path=tsne, title=_title(cfg), seed=cfg.seed
-            )
-            weights = save_predictor(predictor, cfg, Path(tmp) / M.PREDICTOR_ARTIFACT)
-            client.log_artifact(run_id, str(tsne))
-            client.log_artifact(run_id, str(weights))
-        final = {
-            **scores,
-            M.PROBE_LIFT: scores[M.PROBE_ACCURACY] - baseline,
-            M.BASELINE_PROBE_ACCURACY: baseline,
-            "backbone_images": float(embedded),
-            "epochs_run": float(len(result.history)),
-        }
-        tracking.log_metrics(client, run_id, final, step=len(result.history))
-        tracking.set_tags(
-            client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}
-        )
-    except BaseException as exc:
-        try:
-            tracking.log_traceback(client, run_id, exc)
-            client.set_terminated(
-                run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            )
-        finally:
-            raise
-    client.set_terminated(run_id, "FINISHED")
-    return SingleResult(run_id=run_id, status=result.status, metrics=final)
-
-
-def _bank(
-    store: FeatureStore, key: FeatureKey, backbone, dataset, opts: SingleOptions
-) -> tuple[FeatureBank, int]:
-    """(the bank for `key`, backbone forward passes spent on it): the same on-disk cache
-    a sweep uses, so a run with a sweep's settings and seed reuses its embeddings."""
-    bank = store.load(key)
-    if bank is not None:
+    bank, computed = FeatureStore(opts.cache_dir).get_or_compute(key, compute)
+    if not computed:
         print(f"embedding cache: {store.paths(key)[0]}")
-        return bank, 0
-    print(f"embedding cache: computing {opts.views} views (aug_strength={key.aug_strength})")
-    bank = compute_bank(
-        backbone, dataset, key.aug_strength, key.n_views, key.seed, device=opts.device
-    )
-    store.save(key, bank)
-    return bank, bank.images_embedded
+    return bank, bank.images_embedded if computed else 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -330,6 +240,9 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = result.metrics
+    if M.PROBE_ACCURACY not in m:  # diverged: nothing was probed
+        print(f"Run {result.run_id}: status={result.status} after {m['epochs_run']:.0f} epochs")
+        return 0
     print(
         f"Run {result.run_id}: status={result.status} "
         f"probe_accuracy={m[M.PROBE_ACCURACY]:.4f} (lift {m[M.PROBE_LIFT]:+.4f}) "
@@ -337,25 +250,25 @@ def train_main(argv: list[str] | None = None) -> int:
         f"effective_rank={m[M.EFFECTIVE_RANK]:.2f}"
     )
     uri_flag = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
-    print(f"Evaluate again: python -m jepa.evaluate --run-id {result.run_id}{uri_flag}")
+    print(f"Evaluate again: {EVALUATE} --run-id {result.run_id}{uri_flag}")
     return 0
 
 
-# --- python -m jepa.evaluate -------------------------------------------------------------
+# --- python -m sweeps.single evaluate ----------------------------------------------------
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m jepa.evaluate",
+    p = Parser(
+        prog=EVALUATE,
         description=(
             "Load the predictor.pt a run logged (a sweep's trial or a `python -m "
-            "jepa.train` run), embed the run's data set with its backbone again and "
+            "sweeps.single train` run), embed the run's data set with its backbone again and "
             "recompute the linear probe, kNN, collapse metrics and the t-SNE picture; "
             "compare the probe accuracy with the logged one."
         ),
     )
     p.add_argument("--run-id", required=True, help="MLflow run id of a trial")
-    _add_tracking_flags(p)
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     p.add_argument(
         "--output-dir",
         default=None,
@@ -418,7 +331,7 @@ def reevaluate_run(
             path = client.download_artifacts(run_id, M.PREDICTOR_ARTIFACT, tmp)
         except Exception as exc:  # MLflow raises several types for a missing artifact
             raise UserInputError(
-                f"run {run_id} has no {M.PREDICTOR_ARTIFACT} artifact ({_first_line(exc)}); "
+                f"run {run_id} has no {M.PREDICTOR_ARTIFACT} artifact ({first_line(exc)}); "
                 "only finished trial runs have one"
             ) from None
         predictor, cfg = load_predictor(path)
@@ -436,7 +349,11 @@ def reevaluate_run(
     output_dir.mkdir(parents=True, exist_ok=True)
     tsne = output_dir / M.TSNE_ARTIFACT
     scores = evaluate_representation(
-        predictor, bank, tsne_path=tsne, title=f"{_title(cfg)} (re-evaluated)", seed=cfg.seed
+        predictor,
+        bank,
+        tsne_path=tsne,
+        title=f"{lifecycle.picture_title(cfg)} (re-evaluated)",
+        seed=cfg.seed,
     )
     return Reevaluation(run_id, scores, run.data.metrics.get(M.PROBE_ACCURACY), tsne)
 
@@ -446,7 +363,7 @@ def _get_run(client, run_id: str, uri: str):
         return client.get_run(run_id)
     except Exception as exc:  # MlflowException for an unknown id, others for a bad store
         raise UserInputError(
-            f"no run {run_id!r} in {uri} ({_first_line(exc)}); check --run-id and --tracking-uri"
+            f"no run {run_id!r} in {uri} ({first_line(exc)}); check --run-id and --tracking-uri"
         ) from None
 
 
@@ -510,7 +427,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             data=args.data,
             images_per_class=args.images_per_class,
             eval_per_class=args.eval_per_class,
-            device=_device(args.device),
+            device=device(args.device),
         )
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -533,30 +450,22 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --- shared -------------------------------------------------------------------------------
+# --- python -m sweeps.single train|evaluate ----------------------------------------------
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main}
 
 
-def _device(flag: str | None) -> str:
-    if flag:
-        try:
-            torch.device(flag)
-        except RuntimeError as exc:
-            raise UserInputError(f"--device {flag}: {exc}") from None
-        return flag
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(
+            "usage: python -m sweeps.single {train,evaluate} ... (see "
+            "python -m sweeps.single train --help)",
+            file=sys.stderr,
+        )
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
 
 
-def _title(cfg: TrialConfig) -> str:
-    return f"w={cfg.predictor_width} d={cfg.depth} lr={cfg.lr:.2g} aug={cfg.aug_strength} " + (
-        cfg.objective
-    )
-
-
-def _backbone_tag(spec: BackboneSpec) -> str:
-    """As the sweep tags it (sweeps.sweep._backbone_tag)."""
-    return spec.name if spec.is_demo else f"{spec.name}:{Path(spec.checkpoint).name}:{spec.encoder}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+if __name__ == "__main__":
+    sys.exit(main())

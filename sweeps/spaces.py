@@ -19,15 +19,15 @@ unknown distributions are errors that name the file and the key.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray import tune
 
 from jepa.config import TrialConfig
-from jepa.errors import UserInputError
+from jepa.errors import UserInputError, first_line
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
@@ -110,7 +110,7 @@ def parse_space(path: Path) -> SearchSpace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"{where}{at}: malformed YAML ({_first_line(exc)})") from None
+        raise UserInputError(f"{where}{at}: malformed YAML ({first_line(exc)})") from None
     if not isinstance(doc, dict):
         raise UserInputError(f"{where}: expected a mapping with 'params', got {type(doc).__name__}")
     unknown = sorted(set(doc) - set(TOP_LEVEL_KEYS))
@@ -199,6 +199,8 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 
 def _domain(dist: str, args: list[Any]) -> Any:
+    from ray import tune  # here, not at import: the single run loads no Ray
+
     if dist == "choice":
         return tune.choice(args)
     if dist == "uniform":
@@ -208,5 +210,11 @@ def _domain(dist: str, args: list[Any]) -> Any:
     return tune.randint(int(args[0]), int(args[1]) + 1)  # randint's upper bound is exclusive
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def load_space_arg(text: str) -> SearchSpace:
+    """`--space`: a name from search_spaces/, or the path of a space file."""
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UserInputError(f"--space {text}: no such file; or give a name (--list-spaces)")
+        return parse_space(path)
+    return load_space(text)

@@ -33,19 +33,21 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import yaml
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: no screen on a cluster's head node; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
+from jepa import metrics as M
+from jepa.config import TrialConfig
+from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED
+from sweeps import tracking
+from sweeps.spaces import SearchSpace
+from sweeps.stats import Interval, mean_interval
 
-from jepa import metrics as M  # noqa: E402
-from jepa.config import TrialConfig  # noqa: E402
-from sweeps import tracking  # noqa: E402
-from sweeps.spaces import SearchSpace  # noqa: E402
-from sweeps.stats import Interval, mean_interval  # noqa: E402
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 TRIALS_CSV = "trials.csv"
 CONFIGS_CSV = "configs.csv"
@@ -279,6 +281,39 @@ def log_sweep_summary(
     return report
 
 
+def log_sweep_totals(
+    client: MlflowClient,
+    parent_id: str,
+    raw: dict[str, float],
+    untrained: dict[str, float],
+    statuses: list[str],
+    failed_status: str,
+    configs: int,
+    backbone_images: int,
+    untrained_lift: Interval | None,
+) -> None:
+    """The parent run's totals, after `log_sweep_summary`: the baselines at the sweep's
+    seed, trials by outcome, configs, backbone work and the lift over the untrained
+    predictor (`untrained_lift`, None when no config is best)."""
+    values = {
+        M.BASELINE_PROBE_ACCURACY: raw[M.PROBE_ACCURACY],
+        "baseline_val_probe_accuracy": raw[M.VAL_PROBE_ACCURACY],
+        "untrained_probe_accuracy": untrained[M.PROBE_ACCURACY],
+        "finished_trials": sum(s != failed_status for s in statuses),
+        "failed_trials": sum(s == failed_status for s in statuses),
+        "diverged_trials": sum(s == STATUS_DIVERGED for s in statuses),
+        "collapsed_trials": sum(s == STATUS_COLLAPSED for s in statuses),
+        "configs": configs,
+        "backbone_images": backbone_images,
+    }
+    if untrained_lift is not None:
+        values[M.TEST_PROBE_LIFT_UNTRAINED] = untrained_lift.mean
+        if untrained_lift.has_interval:
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_LOW] = untrained_lift.low
+            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_HIGH] = untrained_lift.high
+    tracking.log_metrics(client, parent_id, values)
+
+
 def trial_records(client, experiment_id: str, parent_id: str) -> list[TrialRecord]:
     """Every trial run whose parent is `parent_id`, oldest first."""
     query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{M.TAG_ROLE}` = '{M.ROLE_TRIAL}'"
@@ -480,7 +515,8 @@ def _same_number(level: Any, text: str) -> bool:
 
 def plot_importances(values: dict[str, float], path: Path) -> Path:
     names = list(values)[::-1]  # largest on top
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.2), dpi=100)
+    fig = Figure(figsize=(6, 0.5 * len(names) + 1.2), dpi=100)  # no pyplot: see jepa.plots
+    ax = fig.subplots()
     ax.barh(names, [values[n] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(values[n], i, f" {values[n]:.2f}", va="center", fontsize=8)
@@ -489,7 +525,6 @@ def plot_importances(values: dict[str, float], path: Path) -> Path:
     ax.set_title("Parameter importances", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -507,8 +542,9 @@ def plot_parallel_coordinates(
     low = min([*accuracies, *([baseline] if baseline is not None else [])])
     high = max([*accuracies, *([baseline] if baseline is not None else [])])
     span = (high - low) or 1.0
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(2.0 * (len(keys) + 1) + 1.5, 4.5), dpi=100)
+    cmap = matplotlib.colormaps["viridis"]
+    fig = Figure(figsize=(2.0 * (len(keys) + 1) + 1.5, 4.5), dpi=100)
+    ax = fig.subplots()
     xs = list(range(len(keys) + 1))
     for t in sorted(finished, key=lambda t: t.val_probe_accuracy):
         ys = [_axis_position(space, k, t.params.get(k)) for k in keys]
@@ -551,7 +587,6 @@ def plot_parallel_coordinates(
     )
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -1,196 +1,102 @@
-"""A whole sweep: Ray cluster, MLflow parent and baseline runs, the Tuner, the summary."""
+"""A whole sweep as phases a reader follows top-down: `run_sweep` prepares (checks that
+write nothing), then a `Sweep`, which owns the parent run, scores the baselines, runs
+the search and summarises it.
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
+import contextlib
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from jepa import metrics as M
-from jepa.backbones import BackboneSpec, check_backbone, weights_hash
+from jepa.backbones import weights_hash
 from jepa.config import TrialConfig
-from jepa.data import DatasetSpec, describe, load_dataset
+from jepa.data import ImageDataset, describe, load_dataset
 from jepa.errors import UserInputError
 from jepa.evaluate import evaluate_representation, untrained_predictor
 from jepa.features import FeatureBank
-from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED
-from sweeps import faults, resume, tracking
-from sweeps.cli import check_cluster, load_space_arg, resolve_paths
+from sweeps import cluster, faults, resume, tracking
 from sweeps.feature_cache import FeatureCacheActor
-from sweeps.gpus import check_gpu_sharing
+from sweeps.options import SweepOptions
+from sweeps.report import Baselines, SweepSummary, fmt_scores, print_table, verdict_lines
 from sweeps.search import SeededOptunaSearch
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
-from sweeps.summary import ConfigStats, SummaryReport, log_sweep_summary
+from sweeps.summary import ConfigStats, log_sweep_summary, log_sweep_totals
 from sweeps.trial import SweepContext, run_trial
 
-NAMESPACE = "jepa-sweeps"
-# Where Ray 2.5x+ keeps the token of a local cluster (RAY_AUTH_TOKEN_PATH overrides it).
-TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Settings every process of the sweep needs. On a cluster the sweep did not start, the
-# processes on other nodes do not inherit the driver's environment: they get these
-# through the job's runtime env.
-JOB_ENV = {
-    # Rank 0 reports probe_accuracy only after the last epoch (see `_sweep`).
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    "RAY_TRAIN_V2_ENABLED": "1",
-}
-# Read by MlflowClient in the trials when the tracking server asks for credentials
-# (`mlflow server --app-name basic-auth`) or uses TLS; forwarded when the driver has them.
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-)
 
 
-@dataclass
-class SweepOptions:
-    space: SearchSpace
-    backbone: BackboneSpec
-    dataset: DatasetSpec
-    demo_reasons: list[str]
-    num_samples: int = 8
-    """Configurations Optuna proposes; the sweep runs num_samples x seeds trials."""
-    seeds: int = 1
-    """Seeds per proposed configuration (`--seeds K`)."""
-    max_epochs: int | None = None
-    seed: int = 0
-    experiment: str = tracking.DEFAULT_EXPERIMENT
-    tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
-    storage: str = "ray_results"
-    address: str | None = None
-    workers_per_trial: int = 1
-    gpus_per_trial: float = 0.0
-    cpus_per_worker: float = 1.0
-    max_concurrent: int | None = None
-    scheduler: str = "none"
-    feature_cache: bool = True
-    views: int = 8
-    cache_dir: str = ".cache/embeddings"
-    resume: bool = False
-    max_failures: int = 0
-    resume_command: str = ""
-    """The command that resumes this sweep (printed at the start and on Ctrl-C)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What the checks before the cluster found: nothing here started or wrote a thing
+    except the MLflow experiment (the last check, of the store)."""
 
-    def base_config(self) -> dict[str, Any]:
-        base = {**TrialConfig().to_dict(), **self.space.fixed, "seed": self.seed}
-        if self.max_epochs is not None:
-            base["max_epochs"] = self.max_epochs
-        return TrialConfig.from_dict(base).to_dict()
+    dataset: ImageDataset
+    backbone_hash: str
+    base_config: dict[str, Any]
+    fingerprint: dict[str, Any]
+    previous: tuple[resume.SweepState, Path] | None
+    experiment_id: str
+    fault: faults.Fault | None
 
-    @property
-    def total_trials(self) -> int:
-        return self.num_samples * self.seeds
+    def run_tags(self, opts: SweepOptions) -> dict[str, str]:
+        """Tags every run of the sweep gets: backbone and data set."""
+        return {M.TAG_BACKBONE: opts.backbone.tag, M.TAG_DATASET: describe(opts.dataset)}
 
-
-@dataclass
-class Baselines:
-    """The sweep's two baselines, each a `jepa.role=baseline` run: the raw backbone and
-    the untrained predictor (the base config's random initialisation), scored on the
-    same splits as the trials, at each seed a trial or the answer needs."""
-
-    run_ids: dict[str, str]
-    """M.BASELINE_RAW / M.BASELINE_UNTRAINED -> run id."""
-    scores: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
-    """kind -> seed -> evaluate_representation's metrics."""
-
-    def raw_test(self) -> dict[int, float]:
-        return {s: v[M.PROBE_ACCURACY] for s, v in self.scores[M.BASELINE_RAW].items()}
-
-    def to_state(self) -> dict[str, Any]:
+    def run_params(self) -> dict[str, Any]:
+        """Params every trial and baseline run gets besides its config."""
         return {
-            "run_ids": self.run_ids,
-            "scores": {k: {str(s): v for s, v in d.items()} for k, d in self.scores.items()},
+            "backbone_sha256": self.backbone_hash,
+            "dataset_manifest": self.dataset.manifest_hash,
+            "train_images": len(self.dataset.train_images),
+            "val_images": len(self.dataset.val_images),
+            "eval_images": len(self.dataset.eval_images),
         }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Baselines:
-        scores = {k: {int(s): v for s, v in d.items()} for k, d in state["scores"].items()}
-        return cls(run_ids=dict(state["run_ids"]), scores=scores)
-
-
-@dataclass
-class SweepSummary:
-    parent_run_id: str
-    finished: int
-    failed: int
-    rows: list[dict[str, Any]]
-    backbone_images: int
-    report: SummaryReport
-    baselines: Baselines
-    untrained_lift: Interval | None = None
-    """The best config's test score minus the untrained predictor's, paired by seed."""
-    verdict: list[str] = field(default_factory=list)
-    """`verdict_lines`: what the CLI prints last."""
-
-    @property
-    def best(self) -> ConfigStats | None:
-        return self.report.best_config
-
-
-def options_from_args(args: argparse.Namespace) -> SweepOptions:
-    """Validate every flag before anything is started or written."""
-    space = load_space_arg(args.space)
-    backbone, checkpoint, data, reasons = resolve_paths(args)
-    backbone_spec = BackboneSpec(
-        name=backbone,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        encoder=args.encoder,
-        arch=args.arch,
-    )
-    print(f"Backbone: {check_backbone(backbone_spec)}")
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    check_gpu_sharing(args.workers_per_trial, args.gpus_per_trial)
-    check_cluster(address, args.gpus_per_trial)
-    return SweepOptions(
-        space=space,
-        backbone=backbone_spec,
-        dataset=DatasetSpec(
-            source=data,
-            images_per_class=args.images_per_class,
-            eval_per_class=args.eval_per_class,
-            val_per_class=args.val_per_class,
-            seed=args.seed,
-            skip_bad_images=args.skip_bad_images,
-        ),
-        demo_reasons=reasons,
-        num_samples=args.num_samples,
-        seeds=args.seeds,
-        max_epochs=args.max_epochs,
-        seed=args.seed,
-        experiment=args.experiment,
-        tracking_uri=args.tracking_uri or tracking.default_tracking_uri(),
-        storage=args.storage,
-        address=address,
-        workers_per_trial=args.workers_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_worker=args.cpus_per_worker,
-        max_concurrent=args.max_concurrent,
-        scheduler=args.scheduler,
-        feature_cache=args.feature_cache == "on",
-        views=args.views,
-        # Absolute: the cache actor's working directory is not the user's.
-        cache_dir=str(Path(args.cache_dir).resolve()),
-        resume=args.resume,
-        max_failures=args.max_failures,
-    )
 
 
 def run_sweep(opts: SweepOptions) -> SweepSummary:
     """Run the sweep `opts` describes; returns what the end-of-sweep table shows."""
-    # Checks that need no cluster and write nothing, so bad input leaves nothing behind.
+    prepared = prepare(opts)
+    if opts.demo_reasons:
+        print(
+            "Running the embedded demo (scikit-learn digits, small random ViT) because: "
+            + "; ".join(opts.demo_reasons)
+            + "."
+        )
+    # Rank 0 reports probe_accuracy only after the last epoch (Tune's strict metric
+    # check would reject the epochs before), and the trials use Ray Train V2: the
+    # processes this sweep starts inherit JOB_ENV; it ends with the sweep.
+    with tracking.scoped_environ(cluster.JOB_ENV):
+        started_ray = cluster.init_ray(opts.address, opts.tracking_uri)
+        try:
+            cluster.check_gpus(opts.gpus_per_trial)
+            sweep = Sweep.open(opts, prepared, started_ray)
+            with sweep.closing():
+                sweep.start_cache()
+                sweep.baseline()
+                grid = sweep.search()
+                return sweep.summarise(grid)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+
+def prepare(opts: SweepOptions) -> Prepared:
+    """Checks that need no cluster and write nothing, so bad input leaves nothing behind;
+    the last one creates the MLflow experiment."""
     _check_writable(opts.storage, "--storage")
     _check_writable(opts.cache_dir, "--cache-dir")
     dataset = load_dataset(opts.dataset)
@@ -202,107 +108,75 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
     if opts.resume:
         previous = resume.find_resumable(opts.storage, opts.space.path, opts.experiment)
         resume.check_same_options(previous[0], fingerprint)
-    # The last check, and the first contact with the store (it creates the experiment).
     experiment_id = tracking.ensure_experiment(opts.tracking_uri, opts.experiment)
+    return Prepared(
+        dataset, backbone_hash, base_config, fingerprint, previous, experiment_id, fault
+    )
 
-    if opts.demo_reasons:
-        print(
-            "Running the embedded demo (scikit-learn digits, small random ViT) because: "
-            + "; ".join(opts.demo_reasons)
-            + "."
-        )
-    started_ray = _init_ray(opts)
-    try:
-        _check_gpus(opts)
-        sweep_name = f"{opts.space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_tags = {
-            M.TAG_BACKBONE: _backbone_tag(opts.backbone),
-            M.TAG_DATASET: describe(opts.dataset),
-        }
-        run_params = {
-            "backbone_sha256": backbone_hash,
-            "dataset_manifest": dataset.manifest_hash,
-            "train_images": len(dataset.train_images),
-            "val_images": len(dataset.val_images),
-            "eval_images": len(dataset.eval_images),
-        }
+
+class Sweep:
+    """One sweep on a running cluster; owns its parent run (`record`) from `open` to the
+    end of `closing`, and is the one writer of the parent's summary (`summarise`)."""
+
+    def __init__(
+        self,
+        opts: SweepOptions,
+        prepared: Prepared,
+        client: MlflowClient,
+        record: resume.SweepRecord,
+        started_ray: bool,
+    ) -> None:
+        self.opts, self.prepared, self.client, self.record = opts, prepared, client, record
+        self.started_ray = started_ray
+        self.name = record.state.sweep_name
+        self.parent_id = record.state.parent_run_id
+        self.cache_name = f"jepa-feature-cache-{self.name}"
+        self.cache: Any = None  # the FeatureCacheActor's handle, from `start_cache`
+        self.bank: FeatureBank | None = None  # the baselines' bank, from `baseline`
+        self.baselines: Baselines | None = None
+
+    @classmethod
+    def open(cls, opts: SweepOptions, prepared: Prepared, started_ray: bool) -> Sweep:
+        """The parent run: a new one, or the interrupted sweep's (`--resume`) reopened."""
         client = tracking.client(opts.tracking_uri)
-        if previous is not None:
-            record = resume.reopen(client, *previous)
+        if prepared.previous is not None:
+            record = resume.reopen(client, *prepared.previous)
         else:
-            parent = client.create_run(
-                experiment_id,
-                run_name=sweep_name,
-                tags={M.TAG_ROLE: M.ROLE_SWEEP, M.TAG_SWEEP_NAME: sweep_name, **run_tags},
-            )
-            state = resume.SweepState(
-                sweep_name=sweep_name,
-                space=resume.space_id(opts.space.path),
-                experiment=opts.experiment,
-                experiment_id=experiment_id,
-                tracking_uri=opts.tracking_uri,
-                parent_run_id=parent.info.run_id,
-                fingerprint=fingerprint,
-            )
-            record = resume.SweepRecord(state, resume.experiment_dir(opts.storage, sweep_name))
-            record.save()
-        sweep_name, parent_id = record.state.sweep_name, record.state.parent_run_id
-        print(f"MLflow: experiment {opts.experiment!r}, sweep run {parent_id}")
+            record = _new_parent(opts, prepared, client)
+        sweep = cls(opts, prepared, client, record, started_ray)
+        print(f"MLflow: experiment {opts.experiment!r}, sweep run {sweep.parent_id}")
         if opts.resume_command:
             print(f"If interrupted, continue with: {opts.resume_command}")
+        if not record.resumed:  # a resumed sweep's parent run has them already
+            sweep._log_setup()
+        return sweep
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        """Close the parent run (and `sweep.json`) as the block ends: FINISHED, KILLED on
+        Ctrl-C (raised on as `SweepInterrupted`), FAILED on anything else."""
         try:
-            summary = _sweep(
-                opts,
-                client,
-                experiment_id,
-                parent_id,
-                sweep_name,
-                dataset,
-                backbone_hash,
-                base_config,
-                run_tags,
-                run_params,
-                record,
-                fault,
-            )
+            yield
         except KeyboardInterrupt:
             # Stop Ray first: once its processes are gone nothing can write to the runs.
-            if started_ray:
-                ray.shutdown()
-            record.close(client, "KILLED", resume.INTERRUPTED)
-            raise resume.SweepInterrupted(sweep_name) from None
+            self._stop_ray()
+            self.record.close(self.client, "KILLED", resume.INTERRUPTED)
+            raise resume.SweepInterrupted(self.name) from None
         except BaseException:
-            if started_ray:
-                ray.shutdown()
-            record.close(client, "FAILED", resume.FAILED)
+            self._stop_ray()
+            self.record.close(self.client, "FAILED", resume.FAILED)
             raise
-        record.close(client, "FINISHED", resume.FINISHED)
-        return summary
-    finally:
-        if started_ray:
+        self.record.close(self.client, "FINISHED", resume.FINISHED)
+
+    def _stop_ray(self) -> None:
+        if self.started_ray:
             ray.shutdown()
 
-
-def _sweep(
-    opts,
-    client,
-    experiment_id,
-    parent_id,
-    sweep_name,
-    dataset,
-    backbone_hash,
-    base_config,
-    run_tags,
-    run_params,
-    record: resume.SweepRecord,
-    fault: faults.Fault | None = None,
-) -> SweepSummary:
-    from ray import tune
-
-    if not record.resumed:  # a resumed sweep's parent run has them already
+    def _log_setup(self) -> None:
+        opts, prepared = self.opts, self.prepared
         tracking.log_params(
-            client,
-            parent_id,
+            self.client,
+            self.parent_id,
             {
                 "space": opts.space.name,
                 M.PARAM_SEARCH_METRIC: M.SEARCH_METRIC,
@@ -312,66 +186,195 @@ def _sweep(
                 "feature_cache": opts.feature_cache,
                 "views": opts.views,
                 "max_failures": opts.max_failures,
-                **{f"base.{k}": v for k, v in base_config.items()},
-                **run_params,
+                **{f"base.{k}": v for k, v in prepared.base_config.items()},
+                **prepared.run_params(),
             },
         )
-        if dataset.skipped_images:
-            print(f"Skipped {dataset.skipped_images} unreadable images (--skip-bad-images)")
-            tracking.log_metrics(client, parent_id, {"skipped_images": dataset.skipped_images})
-    cache_name = f"jepa-feature-cache-{sweep_name}"
-    cache = FeatureCacheActor.options(
-        name=cache_name,
-        namespace=NAMESPACE,
-        lifetime=None,
-        num_gpus=0,  # GPU work runs in short tasks: see feature_cache._compute_on_gpu
-    ).remote(
-        opts.cache_dir,
-        opts.backbone,
-        ray.put(dataset),
-        backbone_hash,
-        opts.views,
-        opts.seed,
-        gpu_share=min(1.0, opts.gpus_per_trial),
-    )
+        skipped = prepared.dataset.skipped_images
+        if skipped:
+            print(f"Skipped {skipped} unreadable images (--skip-bad-images)")
+            tracking.log_metrics(self.client, self.parent_id, {"skipped_images": skipped})
 
-    bank = _baseline_bank(opts, cache, base_config)
-    if record.state.baseline is None:
-        baselines = _new_baselines(
-            client, experiment_id, parent_id, sweep_name, run_tags, run_params
+    def start_cache(self) -> None:
+        """The embedding cache actor every trial fetches its bank from."""
+        opts = self.opts
+        self.cache = FeatureCacheActor.options(
+            name=self.cache_name,
+            namespace=cluster.NAMESPACE,
+            lifetime=None,
+            num_gpus=0,  # GPU work runs in short tasks: see feature_cache._compute_on_gpu
+        ).remote(
+            opts.cache_dir,
+            opts.backbone,
+            ray.put(self.prepared.dataset),
+            self.prepared.backbone_hash,
+            opts.views,
+            opts.seed,
+            gpu_share=min(1.0, opts.gpus_per_trial),
+        )
+
+    def baseline(self) -> None:
+        """The raw backbone and the untrained predictor, at each of the sweep's seeds,
+        in two baseline runs (kept from before an interruption when resuming)."""
+        opts, record = self.opts, self.record
+        self.bank = _baseline_bank(opts, self.cache, self.prepared.base_config)
+        if record.state.baseline is not None:
+            self.baselines = Baselines.from_state(record.state.baseline)
+            print(
+                f"Baselines (before the interruption): {_fmt_baselines(self.baselines, opts.seed)}"
+            )
+            return
+        self.baselines = _new_baselines(
+            self.client,
+            self.prepared.experiment_id,
+            self.parent_id,
+            self.name,
+            self.prepared.run_tags(opts),
+            self.prepared.run_params(),
         )
         seeds = range(opts.seed, opts.seed + opts.seeds)
-        _score_baselines(client, baselines, bank, base_config, seeds, announce=True)
-        for run_id in baselines.run_ids.values():
-            client.set_terminated(run_id, "FINISHED")
-        record.state.baseline = baselines.to_state()
-        record.save()
-    else:
-        baselines = Baselines.from_state(record.state.baseline)
-        print(f"Baselines (before the interruption): {_fmt_baselines(baselines, opts.seed)}")
+        self._score_baselines(seeds, announce=True)
+        for run_id in self.baselines.run_ids.values():
+            self.client.set_terminated(run_id, "FINISHED")
+        self._save_baselines()
 
-    ctx = SweepContext(
-        sweep_name=sweep_name,
-        tracking_uri=opts.tracking_uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent_id,
-        base_config=base_config,
-        backbone=opts.backbone,
-        run_tags=run_tags,
-        run_params=run_params,
-        cache_actor=cache_name,
-        namespace=NAMESPACE,
-        storage_path=storage_path(opts.storage),
-        feature_cache=opts.feature_cache,
-        workers_per_trial=opts.workers_per_trial,
-        gpus_per_trial=opts.gpus_per_trial,
-        cpus_per_worker=opts.cpus_per_worker,
-        baseline_probe_accuracy=baselines.raw_test(),
-        extra={"fault": fault},
+    def _score_baselines(self, seeds: Iterable[int], announce: bool = False) -> None:
+        assert self.baselines is not None and self.bank is not None
+        _score_baselines(
+            self.client, self.baselines, self.bank, self.prepared.base_config, seeds, announce
+        )
+
+    def _save_baselines(self) -> None:
+        """Into `sweep.json`: a resumed sweep reuses them."""
+        assert self.baselines is not None
+        self.record.state.baseline = self.baselines.to_state()
+        self.record.save()
+
+    def search(self) -> Any:
+        """Tune's trials (a new Tuner, or the interrupted one restored); the ResultGrid.
+        A Ctrl-C Tune caught, or trials left unrun, raise `SweepInterrupted`."""
+        from ray import tune
+
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, ctx=self._context()),
+            # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the
+            # Ray Train workers do) but a little memory; Tune refuses an empty request.
+            {"cpu": 0, "memory": DRIVER_MEMORY},
+        )
+        if self.record.resumed and tune.Tuner.can_restore(self.record.folder):
+            tuner = resume.restore_tuner(self.record, trainable)
+        else:
+            tuner = _new_tuner(self.opts, trainable, self.name)
+        with resume.watch_interrupt() as interrupted:
+            grid = tuner.fit()
+        if interrupted() or grid.num_terminated + grid.num_errors < self.opts.total_trials:
+            raise resume.SweepInterrupted(self.name)
+        return grid
+
+    def _context(self) -> SweepContext:
+        opts, prepared = self.opts, self.prepared
+        assert self.baselines is not None
+        return SweepContext(
+            sweep_name=self.name,
+            tracking_uri=opts.tracking_uri,
+            experiment_id=prepared.experiment_id,
+            parent_run_id=self.parent_id,
+            base_config=prepared.base_config,
+            backbone=opts.backbone,
+            run_tags=prepared.run_tags(opts),
+            run_params=prepared.run_params(),
+            cache_actor=self.cache_name,
+            namespace=cluster.NAMESPACE,
+            storage_path=storage_path(opts.storage),
+            feature_cache=opts.feature_cache,
+            workers_per_trial=opts.workers_per_trial,
+            gpus_per_trial=opts.gpus_per_trial,
+            cpus_per_worker=opts.cpus_per_worker,
+            baseline_probe_accuracy=self.baselines.raw_test(),
+            extra={"fault": prepared.fault},
+        )
+
+    def summarise(self, grid: Any) -> SweepSummary:
+        """The parent run's summary (artifacts, answer, totals, note), the console table;
+        the returned summary carries the verdict the CLI prints last."""
+        opts, client, parent_id = self.opts, self.client, self.parent_id
+        assert self.baselines is not None
+        rows = _rows(grid, opts.space)
+        stats = ray.get(self.cache.stats.remote())
+        trial_images = int(sum(r.get("backbone_images") or 0 for r in rows))
+        raw_val = self.baselines.scores[M.BASELINE_RAW][opts.seed][M.VAL_PROBE_ACCURACY]
+        report = log_sweep_summary(
+            client, self.prepared.experiment_id, parent_id, opts.space, raw_val
+        )
+        untrained_lift = None
+        if report.best_config is not None:
+            # The answer is paired seed by seed: the baselines need the best config's seeds.
+            self._score_baselines(report.best_config.seeds)
+            self._save_baselines()
+            untrained_lift = _untrained_lift(report.best_config, self.baselines)
+        summary = SweepSummary(
+            parent_run_id=parent_id,
+            finished=sum(r["status"] != FAILED for r in rows),
+            failed=sum(r["status"] == FAILED for r in rows),
+            rows=rows,
+            backbone_images=stats["images_embedded"] + trial_images,
+            report=report,
+            baselines=self.baselines,
+            untrained_lift=untrained_lift,
+        )
+        log_sweep_totals(
+            client,
+            parent_id,
+            raw=self.baselines.scores[M.BASELINE_RAW][opts.seed],
+            untrained=self.baselines.scores[M.BASELINE_UNTRAINED][opts.seed],
+            statuses=[r["status"] for r in rows],
+            failed_status=FAILED,
+            configs=len(report.configs),
+            backbone_images=summary.backbone_images,
+            untrained_lift=untrained_lift,
+        )
+        print(
+            f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
+            f"{report.importances or report.importance_note}"
+        )
+        lines = print_table(summary, opts.space, opts.seed)
+        summary.verdict = verdict_lines(summary, opts.seed)
+        # The parent run's description in the MLflow UI: the same table and answer.
+        note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
+        note += "\n".join(lines) + "\n```"
+        tracking.set_tags(client, parent_id, {"mlflow.note.content": note})
+        return summary
+
+
+def _new_parent(opts: SweepOptions, prepared: Prepared, client: MlflowClient) -> resume.SweepRecord:
+    """A new parent run and the `sweep.json` that names it (for `--resume`)."""
+    sweep_name = f"{opts.space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = client.create_run(
+        prepared.experiment_id,
+        run_name=sweep_name,
+        tags={
+            M.TAG_ROLE: M.ROLE_SWEEP,
+            M.TAG_SWEEP_NAME: sweep_name,
+            **prepared.run_tags(opts),
+        },
     )
-    # Rank 0 reports probe_accuracy only after the last epoch; the epochs before report
-    # the cheap diagnostics. Tune would otherwise reject those reports.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    state = resume.SweepState(
+        sweep_name=sweep_name,
+        space=resume.space_id(opts.space.path),
+        experiment=opts.experiment,
+        experiment_id=prepared.experiment_id,
+        tracking_uri=opts.tracking_uri,
+        parent_run_id=parent.info.run_id,
+        fingerprint=prepared.fingerprint,
+    )
+    record = resume.SweepRecord(state, resume.experiment_dir(opts.storage, sweep_name))
+    record.save()
+    return record
+
+
+def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str) -> Any:
+    from ray import tune
+
     scheduler = None
     if opts.scheduler == "asha":
         # kNN on the validation split, every epoch: never the test split.
@@ -379,62 +382,12 @@ def _sweep(
             metric=M.ASHA_METRIC,
             mode="max",
             time_attr="training_iteration",
-            max_t=base_config["max_epochs"],
+            max_t=opts.base_config()["max_epochs"],
             grace_period=2,
         )
-    # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the Ray
-    # Train workers do) but a little memory, since Tune refuses an empty request.
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": DRIVER_MEMORY}
+    concurrency = opts.max_concurrent or cluster.default_concurrency(
+        opts.workers_per_trial * opts.cpus_per_worker, opts.gpus_per_trial
     )
-    if record.resumed and tune.Tuner.can_restore(record.folder):
-        tuner = resume.restore_tuner(record, trainable)
-    else:
-        tuner = _new_tuner(opts, trainable, scheduler, sweep_name)
-    with resume.watch_interrupt() as interrupted:
-        grid = tuner.fit()
-    if interrupted() or grid.num_terminated + grid.num_errors < opts.total_trials:
-        raise resume.SweepInterrupted(sweep_name)
-    rows = _rows(grid, opts.space)
-    stats = ray.get(cache.stats.remote())
-    backbone_images = stats["images_embedded"] + int(
-        sum(r.get("backbone_images") or 0 for r in rows)
-    )
-    raw_val = baselines.scores[M.BASELINE_RAW][opts.seed][M.VAL_PROBE_ACCURACY]
-    report = log_sweep_summary(client, experiment_id, parent_id, opts.space, raw_val)
-    untrained_lift = None
-    if report.best_config is not None:
-        # The answer is paired seed by seed: the baselines need the best config's seeds.
-        _score_baselines(client, baselines, bank, base_config, report.best_config.seeds)
-        record.state.baseline = baselines.to_state()
-        record.save()
-        untrained_lift = _untrained_lift(report.best_config, baselines)
-    summary = SweepSummary(
-        parent_run_id=parent_id,
-        finished=sum(r["status"] != FAILED for r in rows),
-        failed=sum(r["status"] == FAILED for r in rows),
-        rows=rows,
-        backbone_images=backbone_images,
-        report=report,
-        baselines=baselines,
-        untrained_lift=untrained_lift,
-    )
-    _log_summary(client, parent_id, summary, opts.seed)
-    print(
-        f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
-        f"{report.importances or report.importance_note}"
-    )
-    lines = print_table(summary, opts.space, opts.seed)
-    summary.verdict = verdict_lines(summary, opts.seed)
-    # The parent run's description in the MLflow UI: the same table and answer.
-    note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
-    tracking.set_tags(client, parent_id, {"mlflow.note.content": note + "\n".join(lines) + "\n```"})
-    return summary
-
-
-def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
-    from ray import tune
-
     return tune.Tuner(
         trainable,
         param_space=opts.space.tune_space(),
@@ -449,7 +402,7 @@ def _new_tuner(opts: SweepOptions, trainable, scheduler, sweep_name: str):
             ),
             scheduler=scheduler,
             num_samples=opts.total_trials,
-            max_concurrent_trials=opts.max_concurrent or _default_concurrency(opts),
+            max_concurrent_trials=concurrency,
             # A trial's driver process serves the next trial: no new process (seconds of
             # imports) per trial. The driver keeps no state between trials.
             reuse_actors=True,
@@ -474,7 +427,14 @@ def _baseline_bank(opts: SweepOptions, cache, base_config: dict[str, Any]) -> Fe
     return ray.get(ray.get(ref)[0])
 
 
-def _new_baselines(client, experiment_id, parent_id, sweep_name, run_tags, run_params) -> Baselines:
+def _new_baselines(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    sweep_name: str,
+    run_tags: dict[str, str],
+    run_params: dict[str, Any],
+) -> Baselines:
     """The two baseline runs, open until their first seeds are scored."""
     run_ids = {}
     for kind in (M.BASELINE_RAW, M.BASELINE_UNTRAINED):
@@ -495,11 +455,11 @@ def _new_baselines(client, experiment_id, parent_id, sweep_name, run_tags, run_p
 
 
 def _score_baselines(
-    client,
+    client: MlflowClient,
     baselines: Baselines,
     bank: FeatureBank,
     base_config: dict[str, Any],
-    seeds,
+    seeds: Iterable[int],
     announce: bool = False,
 ) -> None:
     """Score both baselines at each of `seeds` not scored yet, logged in their runs at
@@ -527,21 +487,12 @@ def _score_baselines(
                     client.log_artifact(run_id, str(tsne))
             done[seed] = scores
             if announce:
-                print(f"Baseline ({kind.replace('_', ' ')}, seed {seed}): {_fmt_scores(scores)}")
-
-
-def _fmt_scores(scores: dict[str, float]) -> str:
-    return (
-        f"val_probe_accuracy={scores[M.VAL_PROBE_ACCURACY]:.4f} "
-        f"probe_accuracy={scores[M.PROBE_ACCURACY]:.4f} "
-        f"probe_accuracy_plain={scores[M.PROBE_ACCURACY_PLAIN]:.4f} "
-        f"knn_accuracy={scores[M.KNN_ACCURACY]:.4f}"
-    )
+                print(f"Baseline ({kind.replace('_', ' ')}, seed {seed}): {fmt_scores(scores)}")
 
 
 def _fmt_baselines(baselines: Baselines, seed: int) -> str:
     return "; ".join(
-        f"{kind.replace('_', ' ')}: {_fmt_scores(by_seed[seed])}"
+        f"{kind.replace('_', ' ')}: {fmt_scores(by_seed[seed])}"
         for kind, by_seed in baselines.scores.items()
     )
 
@@ -575,274 +526,6 @@ def _untrained_lift(best: ConfigStats, baselines: Baselines) -> Interval | None:
     return mean_interval(diffs)
 
 
-def _log_summary(client, parent_id: str, summary: SweepSummary, seed: int) -> None:
-    raw = summary.baselines.scores[M.BASELINE_RAW][seed]
-    untrained = summary.baselines.scores[M.BASELINE_UNTRAINED][seed]
-    values = {
-        M.BASELINE_PROBE_ACCURACY: raw[M.PROBE_ACCURACY],
-        "baseline_val_probe_accuracy": raw[M.VAL_PROBE_ACCURACY],
-        "untrained_probe_accuracy": untrained[M.PROBE_ACCURACY],
-        "finished_trials": summary.finished,
-        "failed_trials": summary.failed,
-        "diverged_trials": sum(r["status"] == STATUS_DIVERGED for r in summary.rows),
-        "collapsed_trials": sum(r["status"] == STATUS_COLLAPSED for r in summary.rows),
-        "configs": len(summary.report.configs),
-        "backbone_images": summary.backbone_images,
-    }
-    lift = summary.untrained_lift
-    if lift is not None:
-        values[M.TEST_PROBE_LIFT_UNTRAINED] = lift.mean
-        if lift.has_interval:
-            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_LOW] = lift.low
-            values[M.TEST_PROBE_LIFT_UNTRAINED + M.CI_HIGH] = lift.high
-    tracking.log_metrics(client, parent_id, values)
-
-
-def print_table(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
-    """Print `summary_lines` (and return them with `verdict_lines`, which `sweeps.cli`
-    prints last, after Ray has stopped and its workers' log lines are out)."""
-    lines = summary_lines(summary, space, seed)
-    print("\n".join(lines))
-    return lines + verdict_lines(summary, seed)
-
-
-def summary_lines(summary: SweepSummary, space: SearchSpace, seed: int) -> list[str]:
-    """One line per config (n seeds, validation and test means with 95% intervals,
-    paired lift, statuses), best validation mean first; the baselines; then the answer,
-    or, when every trial collapsed, what that means and the way out, as the last lines."""
-    keys = list(space.params)
-    header = [*keys, "n", "val_probe_acc [95% CI]", "test_probe_acc [95% CI]", "lift"]
-    header += ["plain", "status"]
-    out: list[str] = []
-    lines = [header]
-    for c in summary.report.configs:
-        lines.append(
-            [
-                *(_fmt_param(v) for v in c.key),
-                str(len(c.runs)),
-                c.val.text() if c.val else "-",
-                c.test.text() if c.test else "-",
-                c.lift.text(sign=True) if c.lift else "-",
-                f"{c.plain.mean:.4f}" if c.plain else "-",
-                " ".join(f"{k}:{v}" for k, v in sorted(c.statuses.items())),
-            ]
-        )
-    for kind, by_seed in summary.baselines.scores.items():
-        val = mean_interval(v[M.VAL_PROBE_ACCURACY] for v in by_seed.values())
-        test = mean_interval(v[M.PROBE_ACCURACY] for v in by_seed.values())
-        plain = mean_interval(v[M.PROBE_ACCURACY_PLAIN] for v in by_seed.values())
-        lines.append(
-            [
-                *("-" for _ in keys),
-                str(len(by_seed)),
-                val.text() if val else "-",
-                test.text() if test else "-",
-                "",
-                f"{plain.mean:.4f}" if plain else "-",
-                f"baseline: {kind.replace('_', ' ')}",
-            ]
-        )
-    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    out.append("")
-    for i, row in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    out.append("")
-    diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
-    collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
-    out.append(
-        f"{summary.finished} trials finished ({collapsed} collapsed, {diverged} diverged), "
-        f"{summary.failed} failed; backbone ran on {summary.backbone_images} images."
-    )
-    if summary.failed:
-        out.append(
-            "Failed trials: traceback.txt in each attempt's MLflow run (tag jepa.attempt); "
-            "Ray's logs in /tmp/ray/session_latest/logs."
-        )
-    return out
-
-
-def verdict_lines(summary: SweepSummary, seed: int) -> list[str]:
-    """The answer: the best config by validation with its test score and paired lifts;
-    or, when every trial collapsed or diverged, that there is no best and the way out."""
-    out: list[str] = []
-    diverged = sum(r["status"] == STATUS_DIVERGED for r in summary.rows)
-    collapsed = sum(r["status"] == STATUS_COLLAPSED for r in summary.rows)
-    raw = summary.baselines.scores[M.BASELINE_RAW][seed][M.PROBE_ACCURACY]
-    best = summary.best
-    if best is not None:
-        out.append(
-            f"Best (chosen on {M.SEARCH_METRIC}, collapsed and diverged trials excluded): "
-            f"{' '.join(f'{k}={v}' for k, v in best.config.items())} over {len(best.runs)} "
-            f"seed(s) {best.seeds}: "
-            f"val {best.val.text()}"
-        )
-        out.append(
-            f"Test: {M.TEST_PROBE_ACCURACY}={best.test.text()} (raw backbone {raw:.4f}); "
-            f"{M.TEST_PROBE_LIFT}={best.lift.text(sign=True) if best.lift else '-'} "
-            "(paired by seed)"
-            + (
-                f"; over the untrained predictor {summary.untrained_lift.text(sign=True)}"
-                if summary.untrained_lift
-                else ""
-            )
-        )
-    elif summary.report.all_collapsed:
-        out.append(
-            f"No best configuration: every trial that ended collapsed or diverged "
-            f"({collapsed} collapsed, {diverged} diverged), so none is a representation "
-            f"to choose; the raw backbone's probe ({raw:.4f}) is the answer for now."
-        )
-        out.append(
-            "Way out: an objective that does not collapse, e.g. "
-            "`python sweeps/run.py --space objective` (stopgrad, ema, vicreg; "
-            'README, "Collapse and objectives").'
-        )
-    else:
-        out.append("No best configuration: no trial finished.")
-    return out
-
-
-def _fmt_param(value: str) -> str:
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return value if number.is_integer() else f"{number:.4g}"
-
-
-def _init_ray(opts: SweepOptions) -> bool:
-    """Connect to `--address` or start a local cluster; True when we called ray.init."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if ray.is_initialized():
-        return False
-    if opts.address:
-        _connect(opts.address)
-        print(f"MLflow: {tracking.ui_command(opts.tracking_uri)}")
-        return True
-    context = ray.init(
-        namespace=NAMESPACE,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",  # never a public interface by default
-        log_to_driver=True,
-    )
-    url = context.dashboard_url
-    if url:
-        print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
-        print(f"  {_token_hint()}")
-    else:
-        print("Ray dashboard: not running (ray[default] missing?)")
-    print(f"MLflow UI: {tracking.ui_command(opts.tracking_uri)}")
-    return True
-
-
-def _token_hint() -> str:
-    """How to get past the dashboard's "Authentication Token Required" dialog."""
-    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
-        return f"token authentication is off (RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']})"
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        where = "the RAY_AUTH_TOKEN environment variable"
-    else:
-        where = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(TOKEN_PATH)
-    return (
-        f"it asks for the token in {where}: paste it into the Authentication Token box "
-        "(`ray get-auth-token` prints it)"
-    )
-
-
-def _connect(address: str) -> None:
-    """Join an existing cluster (`auto`, HOST:PORT, or ray://HOST:PORT through Ray Client)
-    and say which nodes the trials can run on."""
-    try:
-        _init_with_retries(address)
-    except Exception as exc:
-        # Ray sends its token only when told to, never on its own to a given address, and
-        # a cluster that wants one answers a client without it by timing out.
-        hint = ""
-        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            hint = (
-                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put "
-                f"its token in {TOKEN_PATH} (or RAY_AUTH_TOKEN)"
-            )
-        raise UserInputError(
-            f"cannot connect to the Ray cluster at {address}: "
-            f"{str(exc).strip().splitlines()[0][:200]}; check --address / RAY_ADDRESS{hint}"
-        ) from None
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    print(f"Ray: connected to {address}, {len(nodes)} node(s):")
-    for node in nodes:
-        print(f"  {describe_node(node)}")
-
-
-CLIENT_INIT_TRIES = 3
-
-
-def _init_with_retries(address: str) -> None:
-    """`ray.init` on `address`, tried again when Ray Client's server fails to start the
-    session's driver ("Initialization failure from server" with no reason: seen on a
-    loaded machine, gone on the next try). Other errors are raised at once."""
-    for attempt in range(1, CLIENT_INIT_TRIES + 1):
-        try:
-            ray.init(address=address, namespace=NAMESPACE, runtime_env=job_runtime_env())
-            return
-        except ConnectionAbortedError as exc:
-            if attempt == CLIENT_INIT_TRIES or "Initialization failure" not in str(exc):
-                raise
-            print(f"Ray Client: the server could not start the session ({attempt}); again")
-            ray.shutdown()
-            time.sleep(2 * attempt)
-
-
-def job_runtime_env() -> dict[str, Any]:
-    """The runtime env of a sweep on a cluster it did not start.
-
-    `py_modules` ships this checkout's `jepa/` and `sweeps/` to every node, so the
-    trials run the code the driver runs (the nodes need only the dependencies); the
-    env vars carry `JOB_ENV` and the MLflow credentials of `FORWARDED_ENV`. Anyone who
-    can see the job's runtime env (the cluster's token holders) can read those.
-    """
-    env_vars = dict(JOB_ENV)
-    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
-    return {
-        "py_modules": [str(PROJECT_ROOT / "jepa"), str(PROJECT_ROOT / "sweeps")],
-        "env_vars": env_vars,
-    }
-
-
-def describe_node(node: dict[str, Any]) -> str:
-    """One line for a `ray.nodes()` entry: id, IP, CPUs, GPUs and custom resources."""
-    res = node.get("Resources", {})
-    builtin = {"CPU", "GPU", "memory", "object_store_memory"}
-    custom = sorted(
-        k for k in res if k not in builtin and not k.startswith(("node:", "accelerator_type:"))
-    )
-    return (
-        f"node {node['NodeID'][:12]} {node.get('NodeManagerAddress', '?')} "
-        f"CPU {res.get('CPU', 0):g} GPU {res.get('GPU', 0):g}"
-        + (f" {' '.join(custom)}" if custom else "")
-    )
-
-
-def _check_gpus(opts: SweepOptions) -> None:
-    if opts.gpus_per_trial > 0:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < opts.gpus_per_trial:
-            raise UserInputError(
-                f"--gpus-per-trial {opts.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs; "
-                "use --gpus-per-trial 0 here"
-            )
-
-
-def _default_concurrency(opts: SweepOptions) -> int:
-    resources = ray.cluster_resources()
-    per_trial_cpu = opts.workers_per_trial * opts.cpus_per_worker
-    slots = int(resources.get("CPU", 1) // per_trial_cpu)
-    if opts.gpus_per_trial > 0:
-        slots = min(slots, int(resources.get("GPU", 0) // opts.gpus_per_trial))
-    return max(1, slots)
-
-
 def storage_path(storage: str) -> str:
     """What Ray Tune gets as `storage_path`: a URI it supports (s3://, gs://, file://...)
     as given, else the folder made absolute (it must be shared by all nodes)."""
@@ -862,7 +545,3 @@ def _check_writable(path: str, flag: str) -> None:
         raise UserInputError(
             f"{flag} {path} is not writable ({exc.strerror}); choose another folder"
         ) from None
-
-
-def _backbone_tag(spec: BackboneSpec) -> str:
-    return spec.name if spec.is_demo else f"{spec.name}:{Path(spec.checkpoint).name}:{spec.encoder}"

@@ -17,18 +17,20 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from jepa import metrics as M
-from jepa.errors import UserInputError
+from jepa.errors import UserInputError, first_line
+from sweeps.options import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 STORE_DIR = PROJECT_ROOT / "mlflow"
 DEFAULT_DB = STORE_DIR / "mlflow.db"
 DEFAULT_ARTIFACTS = STORE_DIR / "artifacts"
-DEFAULT_EXPERIMENT = "jepa-sweeps"
 SERVE_SCRIPT = STORE_DIR / "serve.sh"
 # One log_batch call takes at most this many metrics (MLflow's own limit is 1000).
 BATCH = 900
@@ -118,11 +120,15 @@ def is_locked_error(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
-    """MLflow retries an unreachable HTTP store for minutes by default; a first contact
-    should answer within seconds."""
-    saved = {k: os.environ.get(k) for k in FAST_HTTP}
-    os.environ.update(FAST_HTTP)
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `values` set while the block runs, as it was afterwards.
+
+    For settings MLflow and Ray read from the environment of the process that starts
+    something (a request, a cluster, a Tuner, a Train run): they reach what is started
+    inside the block and do not outlive it in this process (a test, the next sweep).
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -131,6 +137,12 @@ def _fail_fast_http() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _fail_fast_http() -> contextlib.AbstractContextManager[None]:
+    """MLflow retries an unreachable HTTP store for minutes by default; a first contact
+    should answer within seconds."""
+    return scoped_environ(FAST_HTTP)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -145,7 +157,7 @@ def ensure_experiment(uri: str, name: str) -> str:
             exp = c.get_experiment_by_name(name)
     except Exception as exc:  # MLflow raises many types for "cannot reach the store"
         raise UserInputError(
-            f"cannot reach the MLflow tracking store {uri}: {_first_line(exc)}; "
+            f"cannot reach the MLflow tracking store {uri}: {first_line(exc, 300)}; "
             "check --tracking-uri / MLFLOW_TRACKING_URI"
         ) from None
     if exp is not None:
@@ -159,7 +171,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     return c.create_experiment(name, artifact_location=artifact_location)
 
 
-def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
@@ -168,14 +180,21 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
 
 
 def log_metrics(
-    c, run_id: str, values: dict[str, float], step: int = 0, timestamp_ms: int | None = None
+    c: MlflowClient,
+    run_id: str,
+    values: dict[str, float],
+    step: int = 0,
+    timestamp_ms: int | None = None,
 ) -> None:
     """Log many metrics in one HTTP call (one call each costs ~90 ms over HTTP)."""
     log_metric_rows(c, run_id, [(step, values)], timestamp_ms)
 
 
 def log_metric_rows(
-    c, run_id: str, rows: Iterable[tuple[int, dict[str, float]]], timestamp_ms: int | None = None
+    c: MlflowClient,
+    run_id: str,
+    rows: Iterable[tuple[int, dict[str, float]]],
+    timestamp_ms: int | None = None,
 ) -> None:
     from mlflow.entities import Metric
 
@@ -190,26 +209,21 @@ def log_metric_rows(
         c.log_batch(run_id, metrics=items[start : start + BATCH])
 
 
-def set_tags(c, run_id: str, tags: dict[str, Any]) -> None:
+def set_tags(c: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     from mlflow.entities import RunTag
 
     c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_config_yaml(c, run_id: str, config: dict[str, Any]) -> None:
+def log_config_yaml(c: MlflowClient, run_id: str, config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / M.CONFIG_ARTIFACT
         path.write_text(yaml.safe_dump(config, sort_keys=True))
         c.log_artifact(run_id, str(path))
 
 
-def log_traceback(c, run_id: str, exc: BaseException) -> None:
+def log_traceback(c: MlflowClient, run_id: str, exc: BaseException) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "traceback.txt"
         path.write_text("".join(traceback.format_exception(exc)))
         c.log_artifact(run_id, str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

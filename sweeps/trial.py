@@ -1,10 +1,11 @@
-"""One Tune trial: an MLflow child run around a Ray Train (V2) TorchTrainer job.
+"""One Tune trial: its driver (`run_trial`, a Ray Train TorchTrainer job inside the
+trial's MLflow run) and its body (`trial_body`, what one rank does for one config).
 
-`run_trial` is the Tune function trainable (the trial's driver). It opens the trial's
-MLflow run, fetches the embedding bank from the sweep's cache actor, and starts a
-`TorchTrainer` whose workers run `train_worker`. Rank 0 logs each epoch to MLflow and
-reports it to Tune (through `TuneReportCallback`), then evaluates the predictor and
-logs the probe accuracy, the t-SNE picture and the weights.
+`run_trial` is the Tune function trainable. It opens the trial's run through
+`sweeps.lifecycle`, fetches the embedding bank's reference from the sweep's cache actor,
+and starts a `TorchTrainer` whose workers run `trial_body`. Every rank trains; rank 0
+logs each epoch to MLflow and reports it to Tune (through `TuneReportCallback`), then
+evaluates and logs through `lifecycle.finish_trial`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -23,15 +22,16 @@ import torch
 
 from jepa import metrics as M
 from jepa.config import TrialConfig
-from jepa.evaluate import evaluate_representation, raw_probe_accuracy
 from jepa.features import FeatureBank
-from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
-from jepa.views import CachedViewPairs
-from sweeps import tracking
+from jepa.train import EvalSet, train_predictor
+from jepa.views import CachedViewPairs, LiveViewPairs
+from sweeps import lifecycle, tracking
+from sweeps.faults import Fault
 from sweeps.resume import close_earlier_attempts
 
 if TYPE_CHECKING:
     from jepa.backbones import BackboneSpec
+    from jepa.data import ImageDataset
 
 # Ray Train V2 settings for short trials, used unless the environment sets them. The
 # controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and
@@ -74,15 +74,31 @@ class SweepContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrialJob:
+    """What one rank needs to run one trial (`trial_body`): picklable, sent by Ray."""
+
+    config: TrialConfig
+    run_id: str
+    tracking_uri: str
+    data: list[Any]
+    """[ObjectRef] of a `FeatureBank`, or of the `ImageDataset` when the cache is off (a
+    bare ref in the loop config would be resolved by Ray before the worker asks)."""
+    feature_cache: bool = True
+    backbone: BackboneSpec | None = None
+    """Only with the cache off; unpickling it would import timm in the worker."""
+    baseline_probe_accuracy: dict[int, float] = field(default_factory=dict)
+    fault: Fault | None = None
+    """A test's injected failure (`sweeps.faults`), else None."""
+    trial_started: float = 0.0
+    """Wall clock when the trial's driver started (the startup time is measured from it)."""
+
+
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune trainable: train and evaluate one configuration, logged as an MLflow run."""
     from ray import tune
-    from ray.train import RunConfig, ScalingConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     started = time.time()  # wall clock: compared with the worker's, on the same node or not
-    for name, value in TRAIN_ENV.items():
-        os.environ.setdefault(name, value)
     cfg = TrialConfig.from_dict({**ctx.base_config, **config})
     trial_id = tune.get_context().get_trial_id()
     client = tracking.client(ctx.tracking_uri)
@@ -92,62 +108,64 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         # hand Tune the logged result instead of training (and logging) it twice.
         tune.report(_logged_result(earlier.finished_run))
         return
-    run = client.create_run(
-        ctx.experiment_id,
-        run_name=f"trial-{trial_id}",
-        tags={
-            M.TAG_ROLE: M.ROLE_TRIAL,
-            "mlflow.parentRunId": ctx.parent_run_id,
-            M.TAG_TRIAL_ID: trial_id,
-            M.TAG_ATTEMPT: str(earlier.count + 1),  # the REST store takes strings only
-            M.TAG_SWEEP_NAME: ctx.sweep_name,
-            **ctx.run_tags,
-        },
-    )
-    run_id = run.info.run_id
-    try:
-        tracking.log_params(client, run_id, {**cfg.to_dict(), **ctx.run_params})
-        tracking.log_config_yaml(client, run_id, cfg.to_dict())
+    tags = {
+        "mlflow.parentRunId": ctx.parent_run_id,
+        M.TAG_TRIAL_ID: trial_id,
+        M.TAG_ATTEMPT: str(earlier.count + 1),  # the REST store takes strings only
+        M.TAG_SWEEP_NAME: ctx.sweep_name,
+        **ctx.run_tags,
+    }
+    with lifecycle.trial_run(
+        client, ctx.experiment_id, f"trial-{trial_id}", tags, ctx.run_params, cfg
+    ) as run_id:
         cache = ray.get_actor(ctx.cache_actor, namespace=ctx.namespace)
         if ctx.feature_cache:
             data_ref = ray.get(cache.bank.remote(cfg.aug_strength))
         else:
             data_ref = ray.get(cache.dataset_ref.remote())
-        trainer = lean_torch_trainer()(
-            train_worker,
-            train_loop_config={
-                "cfg": cfg.to_dict(),
-                "run_id": run_id,
-                "tracking_uri": ctx.tracking_uri,
-                "data": data_ref,  # [ObjectRef]: a FeatureBank, or the images (cache off)
-                "feature_cache": ctx.feature_cache,
-                # only without the cache; unpickling it would import timm in the worker
-                "backbone": None if ctx.feature_cache else ctx.backbone,
-                "baseline_probe_accuracy": ctx.baseline_probe_accuracy,
-                "fault": ctx.extra.get("fault"),  # a test's injected failure, else None
-                "trial_started": started,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=ctx.workers_per_trial,
-                use_gpu=ctx.gpus_per_trial > 0,
-                resources_per_worker=_worker_resources(ctx),
-            ),
-            run_config=RunConfig(
-                name=f"{ctx.sweep_name}-{trial_id}",
-                storage_path=os.path.join(ctx.storage_path, "_train"),
-                callbacks=[TuneReportCallback()],
-            ),
+        job = TrialJob(
+            config=cfg,
+            run_id=run_id,
+            tracking_uri=ctx.tracking_uri,
+            data=data_ref,
+            feature_cache=ctx.feature_cache,
+            backbone=None if ctx.feature_cache else ctx.backbone,
+            baseline_probe_accuracy=ctx.baseline_probe_accuracy,
+            fault=ctx.extra.get("fault"),
+            trial_started=started,
         )
-        result = trainer.fit()
+        # Train reads TRAIN_ENV from this process's environment when it starts its
+        # controller and workers; it is put back afterwards (this process serves the
+        # next trial too).
+        with tracking.scoped_environ({**TRAIN_ENV, **_already_set(TRAIN_ENV)}):
+            result = _trainer(ctx, trial_id, job).fit()
         tracking.log_metrics(client, run_id, trial_timings(started, result.return_value))
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-        try:
-            tracking.log_traceback(client, run_id, exc)
-            client.set_terminated(run_id, status)
-        finally:
-            raise
-    client.set_terminated(run_id, "FINISHED")
+
+
+def _already_set(defaults: dict[str, str]) -> dict[str, str]:
+    """The values of `defaults`' names the environment sets: those win."""
+    return {k: os.environ[k] for k in defaults if k in os.environ}
+
+
+def _trainer(ctx: SweepContext, trial_id: str, job: TrialJob) -> Any:
+    """The trial's TorchTrainer: `ctx.workers_per_trial` workers running `train_worker`."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return lean_torch_trainer()(
+        train_worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(
+            num_workers=ctx.workers_per_trial,
+            use_gpu=ctx.gpus_per_trial > 0,
+            resources_per_worker=_worker_resources(ctx),
+        ),
+        run_config=RunConfig(
+            name=f"{ctx.sweep_name}-{trial_id}",
+            storage_path=os.path.join(ctx.storage_path, "_train"),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
 
 
 def _logged_result(run) -> dict[str, Any]:
@@ -218,7 +236,14 @@ def _worker_resources(ctx: SweepContext) -> dict[str, float]:
 
 
 def train_worker(config: dict[str, Any]) -> dict[str, float]:
-    """Ray Train worker loop: every rank trains; rank 0 logs, reports and evaluates.
+    """Ray Train's worker loop: `trial_body` of the loop config's `job`."""
+    return trial_body(config["job"])
+
+
+def trial_body(job: TrialJob) -> dict[str, float]:
+    """What one rank does for one config, inside a Ray Train worker group: fetch the
+    bank, train (every rank), report each epoch; rank 0 also logs the epochs and then
+    evaluates and logs the run through `lifecycle.finish_trial`.
 
     Returns rank 0's timings (`jepa.metrics.TIME_*`), which the driver gets back as the
     result's `return_value`.
@@ -226,61 +251,29 @@ def train_worker(config: dict[str, Any]) -> dict[str, float]:
     import ray.train
     import ray.train.torch
 
-    times = {M.TIME_STARTUP: time.time() - config["trial_started"]}
+    times = {M.TIME_STARTUP: time.time() - job.trial_started}
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    cfg = TrialConfig.from_dict(config["cfg"])
-    client = tracking.client(config["tracking_uri"]) if rank == 0 else None
-    run_id = config["run_id"]
+    cfg = job.config
+    client = tracking.client(job.tracking_uri) if rank == 0 else None
     if rank == 0:
         # Tagged here, not by the trial's driver: the driver reserves no CPU and may sit
         # on any node; the node that trains is the one that matters.
-        tracking.set_tags(client, run_id, node_tags())
-
-    data = ray.get(config["data"][0])
-    if config["feature_cache"]:
-        bank: FeatureBank = data
-        views = CachedViewPairs(bank.views)
-    else:
-        # The seed's way: augment and run the backbone on every batch; the clean views
-        # for evaluation are computed here too, by this trial.
-        from jepa.augment import clean_transform
-        from jepa.backbones import build_backbone
-        from jepa.batch_augment import BatchViews
-        from jepa.features import embed_views
-        from jepa.views import LiveViewPairs
-
-        start = time.perf_counter()
-        backbone = build_backbone(config["backbone"])
-        views = LiveViewPairs(data.train_images, backbone, cfg.aug_strength, device)
-        clean = BatchViews(clean_transform(backbone.image_size))
-        bank = FeatureBank(
-            views=torch.empty(0, 0, 0),
-            train_clean=embed_views(backbone, data.train_images, clean, device=device),
-            train_labels=data.train_labels,
-            eval_clean=embed_views(backbone, data.eval_images, clean, device=device),
-            eval_labels=data.eval_labels,
-            val_clean=embed_views(backbone, data.val_images, clean, device=device),
-            val_labels=data.val_labels,
-        )
-        views.backbone_images += len(data.train_images) + len(data.val_images)
-        views.backbone_images += len(data.eval_images)
-        times[M.TIME_BACKBONE] = time.perf_counter() - start
+        tracking.set_tags(client, job.run_id, node_tags())
+    bank, views = _fetch(job, device, times)
     # The per-epoch diagnostics (kNN, what ASHA prunes on) score the validation split:
     # nothing the search sees comes from the test split.
     evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
-
-    fault = config.get("fault")
     reporting = 0.0  # seconds in on_epoch: logging and reporting are not training
 
     def on_epoch(row: dict[str, float]) -> None:
         nonlocal reporting
         start = time.perf_counter()
         if rank == 0:
-            tracking.log_metrics(client, run_id, _without(row, M.EPOCH), step=int(row[M.EPOCH]))
-        if fault is not None:
-            fault.maybe_raise(cfg.to_dict())  # mid-trial, after an epoch was logged
+            lifecycle.log_epoch(client, job.run_id, row)
+        if job.fault is not None:
+            job.fault.maybe_raise(cfg.to_dict())  # mid-trial, after an epoch was logged
         ray.train.report(dict(row) if rank == 0 else {})
         reporting += time.perf_counter() - start
 
@@ -297,71 +290,60 @@ def train_worker(config: dict[str, Any]) -> dict[str, float]:
         device=device,
     )
     times[M.TIME_TRAIN] = time.perf_counter() - start - reporting
-    final: dict[str, float] = {}
+    final: dict[str, Any] = {}
     if rank == 0:
-        final = _evaluate_and_log(client, run_id, result, bank, cfg, config, times)
+        final = lifecycle.finish_trial(
+            client,
+            job.run_id,
+            result,
+            bank,
+            cfg,
+            baseline=job.baseline_probe_accuracy.get(cfg.seed),
+            times=times,
+        )
     ray.train.report(final)
     return times
 
 
-def _evaluate_and_log(client, run_id, result, bank, cfg, config, times) -> dict[str, float]:
-    predictor = result.predictor.eval().cpu()
-    if result.status == STATUS_DIVERGED or not _finite(predictor):
-        # Non-finite weights: there is nothing to probe (scikit-learn rejects NaN) and
-        # the trial is over; it ends FINISHED in MLflow, tagged diverged.
-        final = {"epochs_run": float(len(result.history))}
-        tracking.log_metrics(client, run_id, final, step=len(result.history))
-        tracking.set_tags(
-            client, run_id, {M.TAG_STATUS: STATUS_DIVERGED, M.TAG_COLLAPSE: result.collapse}
-        )
-        return {**final, M.TAG_STATUS: STATUS_DIVERGED}
-    with tempfile.TemporaryDirectory() as tmp:
-        tsne = Path(tmp) / M.TSNE_ARTIFACT
-        start = time.perf_counter()
-        scores = evaluate_representation(
-            predictor,
-            bank,
-            tsne_path=tsne,
-            title=f"w={cfg.predictor_width} lr={cfg.lr:.2g} aug={cfg.aug_strength} {cfg.objective}",
-            seed=cfg.seed,
-        )
-        times[M.TIME_EVAL] = time.perf_counter() - start
-        weights = Path(tmp) / M.PREDICTOR_ARTIFACT
-        torch.save(
-            {"state_dict": predictor.state_dict(), "config": cfg.to_dict(), "dim": predictor.dim},
-            weights,
-        )
-        client.log_artifact(run_id, str(tsne))
-        client.log_artifact(run_id, str(weights))
-    final = {
-        **scores,
-        "backbone_images": float(result.backbone_images),
-        "epochs_run": float(len(result.history)),
-    }
-    baselines = config.get("baseline_probe_accuracy") or {}
-    baseline = baselines.get(cfg.seed)
-    if baseline is None:  # a seed the sweep's baselines did not cover yet: pair it here
-        baseline = raw_probe_accuracy(bank, cfg.seed)
-    final[M.BASELINE_PROBE_ACCURACY] = baseline
-    final[M.PROBE_LIFT] = scores[M.PROBE_ACCURACY] - baseline
-    # The last epoch already logged its diagnostics (the same numbers) at this step; a
-    # second point at the same step would make the curves ambiguous.
-    last_epoch = result.history[-1] if result.history else {}
-    tracking.log_metrics(
-        client,
-        run_id,
-        {k: v for k, v in final.items() if k not in last_epoch},
-        step=len(result.history),
+def _fetch(
+    job: TrialJob, device: torch.device, times: dict[str, float]
+) -> tuple[FeatureBank, CachedViewPairs | LiveViewPairs]:
+    """The trial's bank and its training views: the cached bank's, or (cache off) live
+    views from the images, with the backbone's time in `times`."""
+    data = ray.get(job.data[0])
+    if job.feature_cache:
+        return data, CachedViewPairs(data.views)
+    start = time.perf_counter()
+    assert job.backbone is not None  # the driver sends it when the cache is off
+    bank, views = _live_views(data, job.backbone, job.config, device)
+    times[M.TIME_BACKBONE] = time.perf_counter() - start
+    return bank, views
+
+
+def _live_views(
+    data: ImageDataset, spec: BackboneSpec, cfg: TrialConfig, device: torch.device
+) -> tuple[FeatureBank, LiveViewPairs]:
+    """The seed's way (cache off): views made by augmenting and running the backbone on
+    every batch; the clean embeddings for evaluation are computed here, by this trial."""
+    from jepa.augment import clean_transform
+    from jepa.backbones import build_backbone
+    from jepa.batch_augment import BatchViews
+    from jepa.features import embed_views
+
+    backbone = build_backbone(spec)
+    views = LiveViewPairs(data.train_images, backbone, cfg.aug_strength, device)
+    # Batched on the trial's device (`embed_views`), unlike `jepa.evaluate.clean_bank`,
+    # which feeds one image at a time through a loader: the same transform, faster here.
+    clean = BatchViews(clean_transform(backbone.image_size))
+    bank = FeatureBank(
+        views=torch.empty(0, 0, 0),
+        train_clean=embed_views(backbone, data.train_images, clean, device=device),
+        train_labels=data.train_labels,
+        eval_clean=embed_views(backbone, data.eval_images, clean, device=device),
+        eval_labels=data.eval_labels,
+        val_clean=embed_views(backbone, data.val_images, clean, device=device),
+        val_labels=data.val_labels,
     )
-    tracking.set_tags(
-        client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}
-    )
-    return {**final, M.TAG_STATUS: result.status}
-
-
-def _finite(module: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
-
-
-def _without(row: dict[str, float], *keys: str) -> dict[str, float]:
-    return {k: v for k, v in row.items() if k not in keys}
+    views.backbone_images += len(data.train_images) + len(data.val_images)
+    views.backbone_images += len(data.eval_images)
+    return bank, views

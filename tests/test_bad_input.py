@@ -218,7 +218,7 @@ def test_malformed_fault_injection(call, sweep_dirs, monkeypatch):
 
 def test_a_valid_space_file_passes_validation(tmp_path):
     """The other side of the space-file cases: a correct file loads (no sweep started)."""
-    from sweeps.cli import load_space_arg
+    from sweeps.spaces import load_space_arg
 
     space = load_space_arg(_space_file(tmp_path, VALID_SPACE))
     assert space.name == "space" and space.levels("predictor_width") == [64, 128]

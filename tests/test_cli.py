@@ -59,3 +59,16 @@ def test_unknown_space_exits_2_and_creates_no_run(sweep_dirs):
     db = sweep_dirs.root / "mlflow.db"
     if db.exists():
         assert sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_ctrl_c_while_listing_spaces_exits_130(monkeypatch, capsys):
+    """A Ctrl-C before any sweep started is an ordinary interruption (it used to raise
+    UnboundLocalError: the handler named a class imported only on the sweep's path)."""
+    from sweeps import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "list_spaces", interrupted)
+    assert cli.main(["--list-spaces"]) == 130
+    assert "nothing to resume" in capsys.readouterr().err

@@ -260,7 +260,7 @@ def test_loader_workers_fit_in_shared_memory(tmp_path, capsys):
     assert loader_workers(8, 1, shm=tmp_path / "absent") == 8  # no /dev/shm: not Linux
 
 
-@pytest.mark.slow  # two minutes on 2 cores: a demo run, `python -m jepa.train`, the rest small
+@pytest.mark.slow  # two minutes on 2 cores: a demo run, `sweeps.single train`, the rest small
 def test_gpu_check_runs_its_cpu_parts_here():
     """`benchmarks/gpu_check.sh` on a machine without a GPU: exit 0, the rest skipped."""
     proc = subprocess.run(

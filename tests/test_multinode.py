@@ -33,8 +33,9 @@ import pytest
 import yaml
 
 from jepa import metrics as M
+from sweeps.cluster import describe_node, job_runtime_env
 from sweeps.spaces import load_space
-from sweeps.sweep import _check_writable, describe_node, job_runtime_env, storage_path
+from sweeps.sweep import _check_writable, storage_path
 from tests.conftest import ROOT, run_cli
 
 BIN = Path(sys.executable).parent

@@ -1,0 +1,202 @@
+"""The Ray cluster: connecting to one or starting one, the dashboard's token hint, the
+runtime env a job on someone else's cluster gets, and one line per node.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from jepa.errors import UserInputError, first_line
+from sweeps import tracking
+from sweeps.options import PROJECT_ROOT
+
+NAMESPACE = "jepa-sweeps"
+# Where Ray 2.5x+ keeps the token of a local cluster (RAY_AUTH_TOKEN_PATH overrides it).
+TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+# Settings every process of the sweep needs. On a cluster the sweep did not start, the
+# processes on other nodes do not inherit the driver's environment: they get these
+# through the job's runtime env.
+JOB_ENV = {
+    # Rank 0 reports probe_accuracy only after the last epoch (see `_sweep`).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+# Read by MlflowClient in the trials when the tracking server asks for credentials
+# (`mlflow server --app-name basic-auth`) or uses TLS; forwarded when the driver has them.
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
+
+
+def init_ray(address: str | None, tracking_uri: str) -> bool:
+    """Connect to `address` or start a local cluster; True when we called ray.init.
+    Call it inside `scoped_environ(JOB_ENV)`: a local cluster's processes inherit it."""
+    if ray.is_initialized():
+        return False
+    if address:
+        connect(address)
+        print(f"MLflow: {tracking.ui_command(tracking_uri)}")
+        return True
+    context = ray.init(
+        namespace=NAMESPACE,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",  # never a public interface by default
+        log_to_driver=True,
+    )
+    url = context.dashboard_url
+    if url:
+        print(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
+        print(f"  {token_hint()}")
+    else:
+        print("Ray dashboard: not running (ray[default] missing?)")
+    print(f"MLflow UI: {tracking.ui_command(tracking_uri)}")
+    return True
+
+
+def token_hint() -> str:
+    """How to get past the dashboard's "Authentication Token Required" dialog."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return f"token authentication is off (RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']})"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the RAY_AUTH_TOKEN environment variable"
+    else:
+        where = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(TOKEN_PATH)
+    return (
+        f"it asks for the token in {where}: paste it into the Authentication Token box "
+        "(`ray get-auth-token` prints it)"
+    )
+
+
+def connect(address: str) -> None:
+    """Join an existing cluster (`auto`, HOST:PORT, or ray://HOST:PORT through Ray Client)
+    and say which nodes the trials can run on."""
+    try:
+        init_with_retries(address)
+    except Exception as exc:
+        # Ray sends its token only when told to, never on its own to a given address, and
+        # a cluster that wants one answers a client without it by timing out.
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put "
+                f"its token in {TOKEN_PATH} (or RAY_AUTH_TOKEN)"
+            )
+        raise UserInputError(
+            f"cannot connect to the Ray cluster at {address}: "
+            f"{first_line(exc)}; check --address / RAY_ADDRESS{hint}"
+        ) from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    print(f"Ray: connected to {address}, {len(nodes)} node(s):")
+    for node in nodes:
+        print(f"  {describe_node(node)}")
+
+
+CLIENT_INIT_TRIES = 3
+
+
+def init_with_retries(address: str) -> None:
+    """`ray.init` on `address`, tried again when Ray Client's server fails to start the
+    session's driver ("Initialization failure from server" with no reason: seen on a
+    loaded machine, gone on the next try). Other errors are raised at once."""
+    for attempt in range(1, CLIENT_INIT_TRIES + 1):
+        try:
+            ray.init(address=address, namespace=NAMESPACE, runtime_env=job_runtime_env())
+            return
+        except ConnectionAbortedError as exc:
+            if attempt == CLIENT_INIT_TRIES or "Initialization failure" not in str(exc):
+                raise
+            print(f"Ray Client: the server could not start the session ({attempt}); again")
+            ray.shutdown()
+            time.sleep(2 * attempt)
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of a sweep on a cluster it did not start.
+
+    `py_modules` ships this checkout's `jepa/` and `sweeps/` to every node, so the
+    trials run the code the driver runs (the nodes need only the dependencies); the
+    env vars carry `JOB_ENV` and the MLflow credentials of `FORWARDED_ENV`. Anyone who
+    can see the job's runtime env (the cluster's token holders) can read those.
+    """
+    env_vars = dict(JOB_ENV)
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    return {
+        "py_modules": [str(PROJECT_ROOT / "jepa"), str(PROJECT_ROOT / "sweeps")],
+        "env_vars": env_vars,
+    }
+
+
+def describe_node(node: dict[str, Any]) -> str:
+    """One line for a `ray.nodes()` entry: id, IP, CPUs, GPUs and custom resources."""
+    res = node.get("Resources", {})
+    builtin = {"CPU", "GPU", "memory", "object_store_memory"}
+    custom = sorted(
+        k for k in res if k not in builtin and not k.startswith(("node:", "accelerator_type:"))
+    )
+    return (
+        f"node {node['NodeID'][:12]} {node.get('NodeManagerAddress', '?')} "
+        f"CPU {res.get('CPU', 0):g} GPU {res.get('GPU', 0):g}"
+        + (f" {' '.join(custom)}" if custom else "")
+    )
+
+
+def check_gpus(gpus_per_trial: float) -> None:
+    """On the running cluster: it has the GPUs one trial asks for."""
+    if gpus_per_trial > 0:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < gpus_per_trial:
+            raise UserInputError(
+                f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {gpus:g} GPUs; "
+                "use --gpus-per-trial 0 here"
+            )
+
+
+def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials at once when `--max-concurrent` is not given: as many as the cluster's
+    CPUs (and GPUs) hold."""
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 1) // cpus_per_trial)
+    if gpus_per_trial > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus_per_trial))
+    return max(1, slots)
+
+
+def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float = 5.0) -> None:
+    """Before anything starts: the Ray address answers, and a local cluster has the GPUs.
+
+    `ray.init` on an address where nothing listens retries for a long time; a TCP
+    connection attempt answers within `timeout_s`.
+    """
+    if address and address != "auto":
+        hostport = address.split("://", 1)[-1].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserInputError(
+                f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto"
+            )
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            raise UserInputError(
+                f"--address {address}: cannot reach a Ray cluster there "
+                f"({exc.strerror or exc}); start one (ray start --head) "
+                "or fix --address / RAY_ADDRESS"
+            ) from None
+    if not address and gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(
+                f"--gpus-per-trial {gpus_per_trial:g} but this machine has no GPU that torch "
+                "can use; use --gpus-per-trial 0 (or --address of a cluster with GPUs)"
+            )

@@ -1,0 +1,88 @@
+"""The layers' boundaries: the library (`jepa/`) never imports the wiring (`sweeps/`),
+and no modules import each other, directly or around a loop (imports inside functions
+and under TYPE_CHECKING count: they are dependencies all the same)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGES = ("jepa", "sweeps")
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file."""
+    modules = {
+        f"{pkg}.{f.stem}" if f.stem != "__init__" else pkg: f
+        for pkg in PACKAGES
+        for f in sorted((root / pkg).glob("*.py"))
+    }
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from sweeps import tracking` imports the module sweeps.tracking
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A loop of imports (first module repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    graph = import_graph(ROOT)
+    assert len(graph) > 30  # it did find the modules
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_library_never_imports_the_wiring():
+    graph = import_graph(ROOT)
+    upward = {m: sorted(t for t in ts if t.startswith("sweeps")) for m, ts in graph.items()}
+    assert {m: ts for m, ts in upward.items() if m.startswith("jepa") and ts} == {}
+
+
+def test_the_cycle_check_can_fail(tmp_path):
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "jepa" / "a.py").write_text("from jepa import b\n")
+    (tmp_path / "jepa" / "b.py").write_text("def f():\n    from sweeps.c import g\n")
+    (tmp_path / "sweeps" / "c.py").write_text("import jepa.a\n")
+    cycle = find_cycle(import_graph(tmp_path))
+    assert cycle is not None and set(cycle) == {"jepa.a", "jepa.b", "sweeps.c"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_says_what_it_owns(package):
+    for path in sorted((ROOT / package).glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and len(doc.split()) >= 3, f"{path.name}: no docstring saying what it owns"
