@@ -119,11 +119,7 @@ def test_a_stopped_trial_stops_its_work(cluster, tmp_path):
     def stop(trial_id: str, result: dict) -> bool:  # x=0 is stopped at its second row
         return result["x"] == 0 and result["step"] >= 1
 
-    space = {
-        "x": tune.grid_search([0, 1, 2]),
-        **with_defaults(tmp_path / "flags", steps=200, sleep=0.05),
-    }
-    (tmp_path / "flags").mkdir()
+    space = grid(tmp_path, [0, 1, 2])
     space["steps"] = tune.sample_from(lambda spec: 200 if spec.config.x == 0 else STEPS)
     results, _ = tune_through_pool(tmp_path, "stop", space, stop=stop)
     assert results.num_errors == 0
