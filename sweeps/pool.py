@@ -13,10 +13,12 @@ ordinary trial.
 - Stopping: Tune kills a stopped trial's actor without running its code, so the
   trainable keeps a lease on its work with a heartbeat thread; `ctx.should_stop()` turns
   true once the lease lapsed (or the trainable cancelled), and `body` returns early.
-- Faults: each group runs with Ray Train's `FailureConfig(max_failures=-1)`, so Train
-  replaces a dead worker (SIGKILL, out of memory) with a fresh group. When the fresh
+- Faults: each group runs with Ray Train's `FailureConfig(max_failures=restarts)`, so
+  Train replaces a dead worker (SIGKILL, out of memory) with a fresh group. When the fresh
   group asks for work, the broker fails the trial the dead one held; the trainable
-  raises and Tune retries it (`max_failures`) or marks it errored.
+  raises and Tune retries it (`max_failures`) or marks it errored. A group that fails
+  more often (e.g. `body` cannot be unpickled there, so it never starts) is given up;
+  once every group is given up, queued and new trials fail at once instead of waiting.
 - State: `ctx.state` is a dict each worker keeps between trials (e.g. fetched banks).
 
 Rank 0 of a group talks to the broker; with `workers_per_group > 1` it broadcasts each
@@ -77,12 +79,18 @@ class Broker:
         self._running: dict[int, str] = {}  # group -> trial id it runs
         self._starts: dict[int, int] = {}  # group -> worker processes that asked
         self._closed = False
+        self._groups = 0  # groups still running (set by `expect`)
+        self._gave_up: str | None = None  # why the last group was given up
         self._cond = threading.Condition()
 
     def submit(self, trial_id: str, config: dict[str, Any]) -> None:
         """Queue a trial (again, when Tune retries it: its old rows are dropped)."""
         with self._cond:
             self._trials[trial_id] = _Trial(config)
+            if self._gave_up is not None:
+                self._trials[trial_id].state = "error"
+                self._trials[trial_id].error = f"every pool group failed: {self._gave_up}"
+                return
             self._queue.append(trial_id)
             self._cond.notify_all()
 
@@ -161,6 +169,24 @@ class Broker:
                 self._cond.wait(left)
             return trial.rows[cursor:], trial.state, trial.error
 
+    def expect(self, groups: int) -> None:
+        with self._cond:
+            self._groups = groups
+
+    def group_failed(self, group: int, error: str) -> None:
+        """A group's TorchTrainer gave up (more failures than its restarts)."""
+        with self._cond:
+            self._groups -= 1
+            held = self._running.pop(group, None)
+            if held is not None:
+                self._trials[held].state, self._trials[held].error = "lost", error
+            if self._groups <= 0:
+                self._gave_up = error
+                while self._queue:
+                    trial = self._trials[self._queue.popleft()]
+                    trial.state, trial.error = "error", f"every pool group failed: {error}"
+            self._cond.notify_all()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -215,7 +241,11 @@ def _group_loop(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     broker = ray.get_actor(config["broker"], namespace=config["namespace"])
-    group, body = config["group"], config["body"]
+    group = config["group"]
+    # Unpickled here, not as the task's argument: a body that cannot be loaded on this
+    # node (its module missing) fails the group, which the broker hears of, instead of
+    # the task that drives it.
+    body = ray.cloudpickle.loads(config["body"])
     if rank == 0:
         ray.get(broker.hello.remote(group))
     state: dict[str, Any] = {}
@@ -240,12 +270,12 @@ def _group_loop(config: dict[str, Any]) -> None:
 @ray.remote(num_cpus=0)
 def _run_group(trainer_kwargs: dict[str, Any]) -> None:
     """Drive one group's TorchTrainer until the pool closes (a task, so that it may
-    sit on any node and holds no CPU)."""
+    sit on any node and holds no CPU); tell the broker if Train gives the group up."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     kw = trainer_kwargs
-    TorchTrainer(
+    trainer = TorchTrainer(
         _group_loop,
         train_loop_config=kw["loop"],
         scaling_config=ScalingConfig(
@@ -254,10 +284,15 @@ def _run_group(trainer_kwargs: dict[str, Any]) -> None:
         run_config=RunConfig(
             name=kw["name"],
             storage_path=kw["storage_path"],
-            # -1: replace dead workers for as long as the pool lives.
-            failure_config=FailureConfig(max_failures=-1),
+            failure_config=FailureConfig(max_failures=kw["restarts"]),
         ),
-    ).fit()
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        broker = ray.get_actor(kw["loop"]["broker"], namespace=kw["loop"]["namespace"])
+        ray.get(broker.group_failed.remote(kw["loop"]["group"], traceback.format_exc()))
+        raise
 
 
 def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> None:
@@ -310,10 +345,16 @@ class PoolTrials:
         name: str = "jepa-pool",
         namespace: str = "jepa-sweeps",
         lease_s: float = 5.0,
+        restarts: int = 10,
     ) -> None:
         self.name, self.namespace = name, namespace
         self.broker = Broker.options(name=f"{name}-broker", namespace=namespace).remote(lease_s)
-        loop = {"broker": f"{name}-broker", "namespace": namespace, "body": body}
+        ray.get(self.broker.expect.remote(groups))
+        loop = {
+            "broker": f"{name}-broker",
+            "namespace": namespace,
+            "body": ray.cloudpickle.dumps(body),
+        }
         self._groups = [
             _run_group.options(runtime_env={"env_vars": dict(TRAIN_ENV)}).remote(
                 {
@@ -323,6 +364,7 @@ class PoolTrials:
                     "resources": resources_per_worker or {"CPU": 1},
                     "name": f"{name}-group{g}-{int(time.time())}",
                     "storage_path": storage_path,
+                    "restarts": restarts,
                 }
             )
             for g in range(groups)

@@ -58,12 +58,25 @@ def counting_body(config: dict, ctx) -> None:
     )
 
 
-def make_pool(tmp_path: Path, name: str):
+def _refuse():
+    raise RuntimeError("this body cannot be loaded on a worker")
+
+
+class Unloadable:
+    """A body whose unpickling raises, as one whose module a node lacks."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+    def __call__(self, config: dict, ctx) -> None:
+        pass
+
+
+def make_pool(tmp_path: Path, name: str, body=counting_body, **kwargs):
     from sweeps.pool import PoolTrials
 
-    return PoolTrials(
-        counting_body, groups=2, storage_path=str(tmp_path / "train"), name=name, lease_s=3.0
-    )
+    kwargs = {"groups": 2, "lease_s": 3.0, **kwargs}
+    return PoolTrials(body, storage_path=str(tmp_path / "train"), name=name, **kwargs)
 
 
 def with_defaults(flags: Path, **extra):
@@ -78,10 +91,10 @@ def grid(tmp_path: Path, xs, **extra):
     return {"x": tune.grid_search(list(xs)), **with_defaults(flags, **extra)}
 
 
-def tune_through_pool(tmp_path, name, param_space, **run_kwargs):
+def tune_through_pool(tmp_path, name, param_space, pool_kwargs=None, **run_kwargs):
     from ray import tune
 
-    with make_pool(tmp_path, name) as pool:
+    with make_pool(tmp_path, name, **(pool_kwargs or {})) as pool:
         tuner = tune.Tuner(
             tune.with_resources(pool.trainable(), {"cpu": 0, "memory": 64 * 1024**2}),
             param_space=param_space,
@@ -149,3 +162,18 @@ def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(cluster, tmp_path)
     retried = next(r for r in results if int(r.config["x"]) == 2)
     assert int(rows_of(retried)[-1]["worker_pid"]) != killed
     assert sorted(starts.values()) == [1, 2]
+
+
+def test_trials_fail_instead_of_waiting_when_no_group_can_start(cluster, tmp_path):
+    results, starts = tune_through_pool(
+        tmp_path,
+        "unloadable",
+        grid(tmp_path, range(2)),
+        pool_kwargs={"body": Unloadable(), "groups": 1, "restarts": 1},
+    )
+    assert results.num_errors == 2
+    for result in results:
+        assert "every pool group failed" in str(result.error) or "cannot be loaded" in str(
+            result.error
+        )
+    assert starts == {}  # no group's loop ever ran
