@@ -1,0 +1,394 @@
+"""A pool of long-lived Ray Train worker groups that run Tune trials' work (issue 15).
+
+Each `TorchTrainer.fit` starts a controller and its workers, processes that import torch
+and Ray Train (~10-20 s of CPU on 2 cores) and, on their first optimizer, torch._dynamo
+(~1 s); a trial that trains for a second pays that every time. The pool pays it once per
+group: `groups` TorchTrainers are started when the pool starts, and each group's train
+loop takes trial configs from a broker actor, runs `body(config, ctx)` and streams the
+rows `body` reports back to the Tune trial that asked. The Tune trial itself is a light
+function trainable (`PoolTrials.trainable`) that submits its config and `tune.report`s
+each row as it arrives, so the searcher, the scheduler and `max_failures` see an
+ordinary trial.
+
+- Stopping: Tune kills a stopped trial's actor without running its code, so the
+  trainable keeps a lease on its work with a heartbeat thread; `ctx.should_stop()` turns
+  true once the lease lapsed (or the trainable cancelled), and `body` returns early.
+- Faults: each group runs with Ray Train's `FailureConfig(max_failures=restarts)`, so
+  Train replaces a dead worker (SIGKILL, out of memory) with a fresh group. When the fresh
+  group asks for work, the broker fails the trial the dead one held; the trainable
+  raises and Tune retries it (`max_failures`) or marks it errored. A group that fails
+  more often (e.g. `body` cannot be unpickled there, so it never starts) is given up;
+  once every group is given up, queued and new trials fail at once instead of waiting.
+- State: `ctx.state` is a dict each worker keeps between trials (e.g. fetched banks).
+
+Rank 0 of a group talks to the broker; with `workers_per_group > 1` it broadcasts each
+config to the other ranks (torch.distributed, set up by Ray Train), so every rank runs
+`body` on the same config, as DDP needs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+# Ray Train V2 defaults suited to long-lived groups whose loop never reports: a dead
+# worker is noticed within a health-check interval (default 2 s), and no preemption
+# watcher actor is started per group. Given to the task that calls `fit`, whose
+# environment Train passes on to its controller and workers.
+TRAIN_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",  # the default in Ray 2.60; FailureConfig below is V2's
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+_STOP = "__stop__"  # what the broker hands a group when the pool shuts down
+HEARTBEAT_S = 0.5  # how often a trainable renews its lease
+
+
+class PoolWorkerDied(RuntimeError):
+    """The pool worker group running a trial died (killed, out of memory)."""
+
+
+@dataclass
+class _Trial:
+    config: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    state: str = "queued"  # queued -> running -> done | error | lost (its group died)
+    error: str | None = None
+    group: int | None = None
+    renewed: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class Broker:
+    """The pool's one piece of shared state: the queue of trial configs, which group
+    runs which trial, and each trial's rows until its trainable collects them. A
+    threaded actor: the waiting calls (`next_trial`, `take`) block on one condition."""
+
+    def __init__(self, lease_s: float) -> None:
+        self._lease_s = lease_s
+        self._trials: dict[str, _Trial] = {}
+        self._queue: deque[str] = deque()
+        self._running: dict[int, str] = {}  # group -> trial id it runs
+        self._starts: dict[int, int] = {}  # group -> worker processes that asked
+        self._closed = False
+        self._groups = 0  # groups still running (set by `expect`)
+        self._gave_up: str | None = None  # why the last group was given up
+        self._cond = threading.Condition()
+
+    def submit(self, trial_id: str, config: dict[str, Any]) -> None:
+        """Queue a trial (again, when Tune retries it: its old rows are dropped)."""
+        with self._cond:
+            self._trials[trial_id] = _Trial(config)
+            if self._gave_up is not None:
+                self._trials[trial_id].state = "error"
+                self._trials[trial_id].error = f"every pool group failed: {self._gave_up}"
+                return
+            self._queue.append(trial_id)
+            self._cond.notify_all()
+
+    def renew(self, trial_id: str) -> None:
+        with self._cond:
+            if trial_id in self._trials:
+                self._trials[trial_id].renewed = time.monotonic()
+
+    def cancel(self, trial_id: str) -> None:
+        with self._cond:
+            if trial_id in self._trials:
+                self._trials[trial_id].cancelled = True
+            self._cond.notify_all()
+
+    def hello(self, group: int) -> None:
+        """A group's rank 0 started (again). A trial its previous process held died
+        with it: fail the trial so that its trainable raises."""
+        with self._cond:
+            self._starts[group] = self._starts.get(group, 0) + 1
+            held = self._running.pop(group, None)
+            if held is not None and self._trials[held].state == "running":
+                trial = self._trials[held]
+                trial.state = "lost"
+                trial.error = f"pool worker group {group} died while running trial {held}"
+            self._cond.notify_all()
+
+    def next_trial(self, group: int, timeout: float) -> tuple[str, dict[str, Any]] | None:
+        """The next live queued trial for `group`, `_STOP` once closed, None on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    return (_STOP, {})
+                while self._queue:
+                    trial_id = self._queue.popleft()
+                    trial = self._trials[trial_id]
+                    if self._stopped(trial):
+                        trial.state = "done"
+                        continue
+                    trial.state, trial.group = "running", group
+                    self._running[group] = trial_id
+                    return trial_id, trial.config
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def put_row(self, trial_id: str, row: dict[str, Any]) -> None:
+        with self._cond:
+            self._trials[trial_id].rows.append(row)
+            self._cond.notify_all()
+
+    def should_stop(self, trial_id: str) -> bool:
+        with self._cond:
+            return self._stopped(self._trials[trial_id])
+
+    def finish(self, trial_id: str, group: int, error: str | None) -> None:
+        with self._cond:
+            trial = self._trials[trial_id]
+            trial.state, trial.error = ("error", error) if error else ("done", None)
+            if self._running.get(group) == trial_id:
+                del self._running[group]
+            self._cond.notify_all()
+
+    def take(
+        self, trial_id: str, cursor: int, timeout: float
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
+        """Rows from `cursor` on, waiting up to `timeout` s for one; (rows, state, error)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            trial = self._trials[trial_id]
+            while len(trial.rows) <= cursor and trial.state not in ("done", "error", "lost"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return trial.rows[cursor:], trial.state, trial.error
+
+    def expect(self, groups: int) -> None:
+        with self._cond:
+            self._groups = groups
+
+    def group_failed(self, group: int, error: str) -> None:
+        """A group's TorchTrainer gave up (more failures than its restarts)."""
+        with self._cond:
+            self._groups -= 1
+            held = self._running.pop(group, None)
+            if held is not None:
+                self._trials[held].state, self._trials[held].error = "lost", error
+            if self._groups <= 0:
+                self._gave_up = error
+                while self._queue:
+                    trial = self._trials[self._queue.popleft()]
+                    trial.state, trial.error = "error", f"every pool group failed: {error}"
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def starts(self) -> dict[int, int]:
+        """group -> how many times its rank 0 started (1 + the groups Train replaced)."""
+        with self._cond:
+            return dict(self._starts)
+
+    def _stopped(self, trial: _Trial) -> bool:
+        return trial.cancelled or time.monotonic() - trial.renewed > self._lease_s
+
+
+@dataclass
+class TrialContext:
+    """What `body` gets besides the config: where its rows go and whether to stop."""
+
+    trial_id: str
+    rank: int
+    world_size: int
+    state: dict[str, Any]
+    """Kept by this worker process between trials (banks it fetched, ...)."""
+    _broker: Any
+
+    def report(self, row: dict[str, Any]) -> None:
+        """Send `row` to the Tune trial (rank 0's; other ranks' rows are dropped)."""
+        if self.rank == 0:
+            ray.get(self._broker.put_row.remote(self.trial_id, dict(row)))
+
+    def should_stop(self) -> bool:
+        """True once Tune stopped the trial. With several ranks every rank must call it
+        at the same point (rank 0 asks the broker and broadcasts the answer)."""
+        stop = ray.get(self._broker.should_stop.remote(self.trial_id)) if self.rank == 0 else False
+        return bool(_broadcast(stop, self.world_size))
+
+
+def _broadcast(value: Any, world_size: int) -> Any:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _group_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop of one pool group: trials until the pool closes."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    broker = ray.get_actor(config["broker"], namespace=config["namespace"])
+    group = config["group"]
+    # Unpickled here, not as the task's argument: a body that cannot be loaded on this
+    # node (its module missing) fails the group, which the broker hears of, instead of
+    # the task that drives it.
+    body = ray.cloudpickle.loads(config["body"])
+    if rank == 0:
+        ray.get(broker.hello.remote(group))
+    state: dict[str, Any] = {}
+    while True:
+        job = None
+        if rank == 0:
+            while job is None:
+                job = ray.get(broker.next_trial.remote(group, 5.0))
+        trial_id, trial_config = _broadcast(job, world)
+        if trial_id == _STOP:
+            return
+        ctx = TrialContext(trial_id, rank, world, state, broker)
+        error = None
+        try:
+            body(trial_config, ctx)
+        except Exception:
+            error = traceback.format_exc()
+        if rank == 0:
+            ray.get(broker.finish.remote(trial_id, group, error))
+
+
+@ray.remote(num_cpus=0)
+def _run_group(trainer_kwargs: dict[str, Any]) -> None:
+    """Drive one group's TorchTrainer until the pool closes (a task, so that it may
+    sit on any node and holds no CPU); tell the broker if Train gives the group up."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    kw = trainer_kwargs
+    trainer = TorchTrainer(
+        _group_loop,
+        train_loop_config=kw["loop"],
+        scaling_config=ScalingConfig(
+            num_workers=kw["workers"], use_gpu=kw["use_gpu"], resources_per_worker=kw["resources"]
+        ),
+        run_config=RunConfig(
+            name=kw["name"],
+            storage_path=kw["storage_path"],
+            failure_config=FailureConfig(max_failures=kw["restarts"]),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        broker = ray.get_actor(kw["loop"]["broker"], namespace=kw["loop"]["namespace"])
+        ray.get(broker.group_failed.remote(kw["loop"]["group"], traceback.format_exc()))
+        raise
+
+
+def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> None:
+    """Tune function trainable: run `config` on the pool and report each row."""
+    from ray import tune
+
+    broker = ray.get_actor(broker_name, namespace=namespace)
+    trial_id = tune.get_context().get_trial_id()
+    ray.get(broker.submit.remote(trial_id, dict(config)))
+    done = threading.Event()
+
+    def heartbeat() -> None:  # dies with the actor when Tune stops the trial
+        while not done.wait(HEARTBEAT_S):
+            broker.renew.remote(trial_id)
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    cursor = 0
+    try:
+        while True:
+            rows, state, error = ray.get(broker.take.remote(trial_id, cursor, 1.0))
+            for row in rows:
+                tune.report(row)
+            cursor += len(rows)
+            if state == "lost":
+                raise PoolWorkerDied(error)
+            if state == "error":
+                raise RuntimeError(f"the pool's body raised:\n{error}")
+            if state == "done" and not rows:
+                return
+    finally:
+        done.set()
+        broker.cancel.remote(trial_id)
+
+
+class PoolTrials:
+    """A started pool: `groups` TorchTrainers running `body` for Tune trials.
+
+    Use as a context manager around `Tuner.fit()`, and give Tune `pool.trainable()`
+    (with `max_concurrent_trials` = `groups`, or trials wait in the broker's queue).
+    """
+
+    def __init__(
+        self,
+        body: Callable[[dict[str, Any], TrialContext], None],
+        groups: int,
+        storage_path: str,
+        workers_per_group: int = 1,
+        resources_per_worker: dict[str, float] | None = None,
+        use_gpu: bool = False,
+        name: str = "jepa-pool",
+        namespace: str = "jepa-sweeps",
+        lease_s: float = 5.0,
+        restarts: int = 10,
+    ) -> None:
+        self.name, self.namespace = name, namespace
+        self.broker = Broker.options(name=f"{name}-broker", namespace=namespace).remote(lease_s)
+        ray.get(self.broker.expect.remote(groups))
+        loop = {
+            "broker": f"{name}-broker",
+            "namespace": namespace,
+            "body": ray.cloudpickle.dumps(body),
+        }
+        self._groups = [
+            _run_group.options(runtime_env={"env_vars": dict(TRAIN_ENV)}).remote(
+                {
+                    "loop": {**loop, "group": g},
+                    "workers": workers_per_group,
+                    "use_gpu": use_gpu,
+                    "resources": resources_per_worker or {"CPU": 1},
+                    "name": f"{name}-group{g}-{int(time.time())}",
+                    "storage_path": storage_path,
+                    "restarts": restarts,
+                }
+            )
+            for g in range(groups)
+        ]
+
+    def trainable(self) -> Callable[[dict[str, Any]], None]:
+        from ray import tune
+
+        return tune.with_parameters(
+            pool_trainable, broker_name=f"{self.name}-broker", namespace=self.namespace
+        )
+
+    def starts(self) -> dict[int, int]:
+        """group -> times its rank 0 started: 1 each, plus one per replaced group."""
+        return ray.get(self.broker.starts.remote())
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let every group finish its loop and its TorchTrainer return."""
+        ray.get(self.broker.close.remote())
+        ray.wait(self._groups, num_returns=len(self._groups), timeout=timeout)
+        ray.kill(self.broker)
+
+    def __enter__(self) -> PoolTrials:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""sweeps/pool.py: Tune trials run by long-lived Ray Train worker groups.
+
+One local Ray cluster (2 CPUs) for the module; each test starts a pool of two groups
+and runs a small Tune experiment through it with a trivial body (a few sleeps and rows),
+so what is checked is the pool's plumbing: rows in order, stopping, a killed worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray import cloudpickle
+
+    # The bodies below live in this test module, which the pool's workers cannot
+    # import (pytest put tests/ on the path of this process only): ship them by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, namespace="test-pool", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def counting_body(config: dict, ctx) -> None:
+    """Reports `steps` rows numbered 0..steps-1, with the worker's pid; stops when told
+    (and leaves a file saying so); kills its own process once if `kill_in` names a
+    folder without a marker in it (a pool worker SIGKILLed mid-trial)."""
+    ctx.state["trials"] = ctx.state.get("trials", 0) + 1
+    for step in range(config["steps"]):
+        if ctx.should_stop():
+            Path(config["flags"], f"stopped-{config['x']}").write_text(str(step))
+            return
+        ctx.report({"step": step, "x": config["x"], "worker_pid": os.getpid()})
+        marker = Path(config["flags"], f"killed-{config['x']}")
+        if config.get("kill") and step == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(config.get("sleep", 0.05))
+    ctx.report(
+        {
+            "step": config["steps"],
+            "x": config["x"],
+            "worker_pid": os.getpid(),
+            "worker_trials": ctx.state["trials"],
+        }
+    )
+
+
+def _refuse():
+    raise RuntimeError("this body cannot be loaded on a worker")
+
+
+class Unloadable:
+    """A body whose unpickling raises, as one whose module a node lacks."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+    def __call__(self, config: dict, ctx) -> None:
+        pass
+
+
+def make_pool(tmp_path: Path, name: str, body=counting_body, **kwargs):
+    from sweeps.pool import PoolTrials
+
+    kwargs = {"groups": 2, "lease_s": 3.0, **kwargs}
+    return PoolTrials(body, storage_path=str(tmp_path / "train"), name=name, **kwargs)
+
+
+def with_defaults(flags: Path, **extra):
+    return {"steps": STEPS, "flags": str(flags), **extra}
+
+
+def grid(tmp_path: Path, xs, **extra):
+    from ray import tune
+
+    flags = tmp_path / "flags"
+    flags.mkdir(exist_ok=True)
+    return {"x": tune.grid_search(list(xs)), **with_defaults(flags, **extra)}
+
+
+def tune_through_pool(tmp_path, name, param_space, pool_kwargs=None, **run_kwargs):
+    from ray import tune
+
+    with make_pool(tmp_path, name, **(pool_kwargs or {})) as pool:
+        tuner = tune.Tuner(
+            tune.with_resources(pool.trainable(), {"cpu": 0, "memory": 64 * 1024**2}),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=2),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0, **run_kwargs),
+        )
+        results = tuner.fit()
+        starts = pool.starts()
+    return results, starts
+
+
+def rows_of(result) -> list[dict]:
+    df = result.metrics_dataframe
+    return df.to_dict("records") if df is not None else []
+
+
+def test_rows_arrive_in_order_and_workers_outlive_trials(cluster, tmp_path):
+    results, starts = tune_through_pool(tmp_path, "order", grid(tmp_path, range(6)))
+    assert results.num_errors == 0 and len(results) == 6
+    pids = set()
+    for result in results:
+        steps = [int(r["step"]) for r in rows_of(result)]
+        assert steps == list(range(STEPS + 1)), steps  # every row, in order, once
+        pids |= {int(r["worker_pid"]) for r in rows_of(result)}
+    # Six trials, two groups of one worker each: two processes ran all of them.
+    assert len(pids) == 2, pids
+    assert starts == {0: 1, 1: 1}
+    last = [rows_of(r)[-1]["worker_trials"] for r in results]
+    assert sum(max(0, n - 1) for n in last) > 0  # some worker kept state between trials
+
+
+def test_a_stopped_trial_stops_its_work(cluster, tmp_path):
+    from ray import tune
+
+    def stop(trial_id: str, result: dict) -> bool:  # x=0 is stopped at its second row
+        return result["x"] == 0 and result["step"] >= 1
+
+    space = grid(tmp_path, [0, 1, 2])
+    space["steps"] = tune.sample_from(lambda spec: 200 if spec.config.x == 0 else STEPS)
+    results, _ = tune_through_pool(tmp_path, "stop", space, stop=stop)
+    assert results.num_errors == 0
+    by_x = {int(r.config["x"]): r for r in results}
+    assert int(rows_of(by_x[0])[-1]["step"]) < 10  # Tune stopped it early
+    # ... and the body saw should_stop long before its 200 steps (10 s) were done.
+    stopped_at = int((tmp_path / "flags" / "stopped-0").read_text())
+    assert stopped_at < 150, stopped_at
+    for x in (1, 2):  # the others ran to the end
+        assert int(rows_of(by_x[x])[-1]["step"]) == STEPS
+
+
+def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(cluster, tmp_path):
+    from ray import tune
+
+    space = grid(tmp_path, range(4))
+    space["kill"] = tune.sample_from(lambda spec: spec.config.x == 2)
+    results, starts = tune_through_pool(
+        tmp_path, "kill", space, failure_config=tune.FailureConfig(max_failures=1)
+    )
+    assert results.num_errors == 0 and len(results) == 4
+    killed = int((tmp_path / "flags" / "killed-2").read_text())
+    for result in results:
+        steps = [int(r["step"]) for r in rows_of(result)]
+        assert steps[-1] == STEPS
+    # The retried trial ran on a new process; the dead one was replaced once.
+    retried = next(r for r in results if int(r.config["x"]) == 2)
+    assert int(rows_of(retried)[-1]["worker_pid"]) != killed
+    assert sorted(starts.values()) == [1, 2]
+
+
+def test_trials_fail_instead_of_waiting_when_no_group_can_start(cluster, tmp_path):
+    results, starts = tune_through_pool(
+        tmp_path,
+        "unloadable",
+        grid(tmp_path, range(2)),
+        pool_kwargs={"body": Unloadable(), "groups": 1, "restarts": 1},
+    )
+    assert results.num_errors == 2
+    for result in results:
+        assert "every pool group failed" in str(result.error) or "cannot be loaded" in str(
+            result.error
+        )
+    assert starts == {}  # no group's loop ever ran
