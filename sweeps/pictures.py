@@ -232,8 +232,11 @@ def plot_accuracy_vs_param(
                 linestyle="",
                 label="best (chosen on validation)",
             ),
-            Line2D([], [], linestyle="", label="configs sharing a value: side by side"),
         ]
+        if len(keys) > 1:
+            handles.append(
+                Line2D([], [], linestyle="", label="configs sharing a value: side by side")
+            )
         handles += [
             plt.Rectangle((0, 0), 1, 1, color=BASELINE_COLOURS[i % 3], alpha=0.25, label=b.label)
             for i, b in enumerate(baselines)
@@ -599,7 +602,15 @@ def _axis_ticks(space: Space, key: str) -> list[tuple[str, float]]:
     dist, args = space[key]
     if dist == "choice":
         return [(str(level), _axis_position(space, key, str(level))) for level in args]
-    return [(f"{args[0]:g}", 0.0), (f"{args[1]:g}", 1.0)]
+    lo, hi = float(args[0]), float(args[1])
+    if dist == "loguniform":  # the bounds and every power of ten between them
+        inner = [10.0**e for e in range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)]
+        values = sorted({lo, hi, *inner})
+    else:
+        values = [lo, (lo + hi) / 2, hi]
+    ticks = [(f"{v:g}", _axis_position(space, key, repr(v))) for v in values]
+    # Drop a power of ten that would sit on top of a bound's label.
+    return [t for t in ticks if t[1] in (0.0, 1.0) or 0.06 < t[1] < 0.94]
 
 
 def _fmt(value: str) -> str:
