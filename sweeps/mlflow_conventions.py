@@ -148,13 +148,23 @@ def log_registered_predictor(
     exported program takes any batch size.
     """
     import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
 
     module = predictor.eval().cpu()
     example = np.asarray(input_example, dtype=np.float32)
+    # The logged model is created here, in the run's experiment: left to log_model, it
+    # would go to the process's active experiment (Default, id 0, whose artifacts a
+    # sqlite store keeps in ./mlruns of the working directory).
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        experiment_id=run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id
+    )
     with _tracking_uri(tracking_uri):
         info = mlflow.pytorch.log_model(
             module,
             name=MODEL_NAME,
+            model_id=model.model_id,
             input_example=example,
             registered_model_name=name,
             run_id=run_id,

