@@ -35,8 +35,9 @@ MODEL_NAME = "predictor"
 """The logged model's name within its run (MLflow 3 `name=`)."""
 NOTE_TAG = "mlflow.note.content"
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's own key: the UI shows it as a badge
-DIGEST_CHARS = 24
-"""MLflow shows a short digest; 24 hex digits of a SHA-256 is the feature cache's length."""
+DIGEST_CHARS = 12
+"""The runs table shows the digest in full beside the name, in a column that pushes the
+metrics right: 12 hex digits (48 bits) tell data set versions apart and keep it narrow."""
 # mlflow/serve.sh's defaults: the UI over a local store is served there.
 UI_HOST = "127.0.0.1"
 UI_PORT = "5000"

@@ -36,7 +36,7 @@ def test_dataset_input_fills_the_dataset_column(store, tmp_path):
     by_name = {i.dataset.name: i for i in inputs}
     assert set(by_name) == {"digits", "tiny"}
     demo = by_name["digits"]
-    assert demo.dataset.digest == "ab" * 12  # shortened to DIGEST_CHARS
+    assert demo.dataset.digest == "ab" * 6  # shortened to DIGEST_CHARS
     assert demo.dataset.source_type == "code"
     assert '"train": 100' in demo.dataset.profile
     assert {t.key: t.value for t in demo.tags}[C.DATASET_CONTEXT_TAG] == "train"
