@@ -10,7 +10,7 @@
 - `verdict_lines`: the sweep's answer in words: does any config beat the baseline on
   the test split, by how much, with what interval;
 - `runs_view_url`: the MLflow UI's runs view of one sweep's trials, sorted by the
-  search metric, for the store the sweep used;
+  search metric, for the store the sweep used; `closing_lines`: the sweep's last lines;
 - `parent_note`: the parent run's markdown description (`mlflow.note.content`).
 """
 
@@ -249,6 +249,25 @@ def runs_view_url(tracking_uri: str, experiment_id: str, parent_run_id: str) -> 
     order = f"metrics.`{M.SEARCH_METRIC}`"
     query = f"searchFilter={quote(search, safe='')}&orderByKey={quote(order, safe='')}"
     return f"{base}/#/experiments/{experiment_id}/runs?{query}&orderByAsc=false"
+
+
+def closing_lines(
+    verdict: Sequence[str],
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    dashboard_command: str | None = None,
+) -> list[str]:
+    """The sweep's last printed lines: the verdict, then where to see the comparison
+    (the runs view of this sweep's trials; for a local store, the command that serves
+    the UI first) and, with an on-disk study, the optuna-dashboard command."""
+    url = runs_view_url(tracking_uri, experiment_id, parent_run_id)
+    out = [*verdict, f"Compare the trials, best first: {url}"]
+    if not tracking_uri.startswith(("http://", "https://")):
+        out.append(f"  (serve the MLflow UI first: {tracking.ui_command(tracking_uri)})")
+    if dashboard_command:
+        out.append(f"Optuna's study (history, slices, importances): {dashboard_command}")
+    return out
 
 
 def trial_filter(parent_run_id: str) -> str:

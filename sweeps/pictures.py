@@ -87,6 +87,16 @@ class Baseline:
     test: Interval | None
 
 
+def baseline_from_scores(label: str, by_seed: Mapping[int, Mapping[str, float]]) -> Baseline:
+    """A baseline from its scores per seed (`sweeps.sweep.Baselines.scores[kind]`: seed
+    -> {val_probe_accuracy, probe_accuracy, ...}): mean and t interval over the seeds."""
+    return Baseline(
+        label,
+        val=mean_interval(v.get(M.VAL_PROBE_ACCURACY) for v in by_seed.values()),
+        test=mean_interval(v.get(M.PROBE_ACCURACY) for v in by_seed.values()),
+    )
+
+
 @dataclass
 class ConfigPoint:
     """The trials of one config (its swept values) with their mean over seeds."""

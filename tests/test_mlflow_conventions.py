@@ -146,3 +146,19 @@ def test_parent_note_holds_verdict_table_and_pictures(store):
     assert "```\nlr  n\n--  -\n0.1 3\n```" in stored
     assert "- `accuracy_vs_learning_rate.png`" in stored
     assert "optuna-dashboard sqlite:///x.db" in stored
+
+
+def test_closing_lines_end_with_where_to_look(monkeypatch):
+    monkeypatch.delenv("MLFLOW_UI_PORT", raising=False)
+    monkeypatch.delenv("MLFLOW_UI_HOST", raising=False)
+    lines = C.closing_lines(
+        ["Yes: ..."], "sqlite:////tmp/s/mlflow.db", "3", "p1", "optuna-dashboard x"
+    )
+    assert lines[0] == "Yes: ..."
+    assert lines[1].endswith(C.runs_view_url("sqlite:////tmp/s/mlflow.db", "3", "p1"))
+    assert "serve.sh start" in lines[2] and "MLFLOW_UI_STORE=" in lines[2]
+    assert lines[3].endswith("optuna-dashboard x")
+    remote = C.closing_lines([], "http://team:5000", "3", "p1")
+    assert remote == [
+        f"Compare the trials, best first: {C.runs_view_url('http://team:5000', '3', 'p1')}"
+    ]

@@ -7,6 +7,7 @@ import random
 import matplotlib.image as mpimg
 import pytest
 
+from jepa import metrics as M
 from sweeps import pictures as P
 from sweeps.stats import mean_interval
 
@@ -105,3 +106,13 @@ def test_positions_follow_the_space():
     assert P._x_position("0.0001", "loguniform", [1e-4, 1e-1], -0.1) > 0
     assert P._axis_position(SPACE, "learning_rate", "0.001") == pytest.approx(1 / 3)
     assert P._axis_position(SPACE, "predictor_width", "512") == 1.0
+
+
+def test_baseline_from_scores_per_seed():
+    scores = {
+        0: {M.VAL_PROBE_ACCURACY: 0.80, M.PROBE_ACCURACY: 0.70},
+        1: {M.VAL_PROBE_ACCURACY: 0.82, M.PROBE_ACCURACY: 0.72},
+    }
+    b = P.baseline_from_scores("raw backbone", scores)
+    assert b.label == "raw backbone" and b.val.n == 2
+    assert b.val.mean == pytest.approx(0.81) and b.test.mean == pytest.approx(0.71)
