@@ -47,7 +47,7 @@ def study_storage(path: str | Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = Path(path)
+    path = Path(path).resolve()  # the searcher is pickled: a resume may run elsewhere
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
