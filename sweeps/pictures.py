@@ -428,13 +428,14 @@ def plot_curves(trials: Sequence[TrialPoint], space: Space, param: str, path: Pa
                     markersize=4,
                 )
             ax.set_title(metric)
+            _log_scale_if_wide(ax)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
             if metric == M.EMBEDDING_STD_RATIO:
                 ax.axhline(1.0, color="black", linewidth=0.8)
         mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-        bar = fig.colorbar(mappable, cax=fig.add_axes((0.92, 0.2, 0.012, 0.65)))
+        bar = fig.colorbar(mappable, cax=fig.add_axes((0.895, 0.2, 0.012, 0.65)))
         bar.set_label(param + (" (log)" if dist == "loguniform" else ""))
         if ticks is not None:
             bar.set_ticks(range(len(ticks)), labels=ticks)
@@ -450,10 +451,18 @@ def plot_curves(trials: Sequence[TrialPoint], space: Space, param: str, path: Pa
         ]
         fig.legend(handles=style, loc="lower center", ncol=2, frameon=False)
         fig.suptitle(f"{len(trials)} trials' per-epoch curves, coloured by {param}")
-        fig.subplots_adjust(bottom=0.2, top=0.85, left=0.05, right=0.9, wspace=0.25)
+        fig.subplots_adjust(bottom=0.2, top=0.85, left=0.05, right=0.875, wspace=0.25)
         fig.savefig(path)
         plt.close(fig)
     return Path(path)
+
+
+def _log_scale_if_wide(ax) -> None:
+    """A log y-axis when the positive values drawn span more than 20x (losses of
+    different objectives differ by orders of magnitude; each keeps its shape)."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if np.isfinite(y)]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
+        ax.set_yscale("log")
 
 
 def _colour_scale(dist: str, args: Sequence[Any]):
