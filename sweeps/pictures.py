@@ -564,7 +564,10 @@ def plot_parallel_coordinates(
                     va="center",
                 )
         ax.axvline(xs[-1], color="grey", linewidth=0.8)
+        marked = (baseline - low) / span if baseline is not None else None
         for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+            if marked is not None and abs(frac - marked) < 0.05:
+                continue  # the baseline's own label says this value
             ax.annotate(
                 f"{low + frac * span:.3f}",
                 (xs[-1], frac),
@@ -591,7 +594,8 @@ def plot_parallel_coordinates(
             handles=style, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False
         )
         configs = len(counts)
-        ax.set_title(f"{len(scored)} scored trials in {configs} configs (×n: repeats, fanned out)")
+        repeats = " (×n: repeats of a config, fanned out)" if configs < len(scored) else ""
+        ax.set_title(f"{len(scored)} scored trials in {configs} configs{repeats}")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
