@@ -62,29 +62,58 @@ def pca(x: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
 
 
 def save_tsne_picture(
-    x: np.ndarray, labels: np.ndarray, path: str | Path, title: str, seed: int = 0
+    x: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str,
+    seed: int = 0,
+    *,
+    status: str | None = None,
+    epochs: int | None = None,
+    split: str | None = None,
 ) -> Path:
     """t-SNE of embeddings x [N, D] coloured by class labels [N], saved as PNG.
 
-    Beyond `TSNE_MAX_POINTS` points a seeded random subset is drawn (and the title says
-    so): more points add time, not legibility."""
+    The title's first line is `title` (the config and its score); a second line says
+    what the picture is of: the split and its size (`split="test"` -> "test split, N
+    images"), the epochs run and the run's status (finished, collapsed, diverged), each
+    when given. Beyond `TSNE_MAX_POINTS` points a seeded random subset is drawn (and the
+    title says so): more points add time, not legibility."""
     x, labels = np.asarray(x), np.asarray(labels)
+    facts = tsne_facts(len(x), status=status, epochs=epochs, split=split)
     if len(x) > TSNE_MAX_POINTS:
         keep = np.sort(np.random.default_rng(seed).choice(len(x), TSNE_MAX_POINTS, replace=False))
-        title = f"{title}  ({TSNE_MAX_POINTS} of {len(x)} points)"
+        facts.append(f"{TSNE_MAX_POINTS} of {len(x)} points shown")
         x, labels = x[keep], labels[keep]
     xy = tsne_2d(x, seed)
     n_classes = len(np.unique(labels))
-    fig = Figure(figsize=(6, 6), dpi=100)
+    fig = Figure(figsize=(7, 7), dpi=150)
     ax = fig.subplots()
     cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
-    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels % cmap.N, cmap=cmap, s=6, alpha=0.8)
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels % cmap.N, cmap=cmap, s=8, alpha=0.8)
     if n_classes <= 10:
-        ax.legend(*scatter.legend_elements(), title="class", loc="best", fontsize=7)
-    ax.set_title(title, fontsize=9)
+        ax.legend(
+            *scatter.legend_elements(), title="class", loc="best", fontsize=11, title_fontsize=11
+        )
+    ax.set_title("\n".join([title, "  ·  ".join(facts)]) if facts else title, fontsize=12)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def tsne_facts(
+    n: int, *, status: str | None = None, epochs: int | None = None, split: str | None = None
+) -> list[str]:
+    """The title's second line, as parts: `["test split, 360 images", "5 epochs",
+    "collapsed"]` (each part only when its value is given)."""
+    facts = []
+    if split is not None:
+        facts.append(f"{split} split, {n} images")
+    if epochs is not None:
+        facts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    if status is not None:
+        facts.append(status)
+    return facts

@@ -14,16 +14,48 @@ two trials of a sweep train the same (config, seed):
 The bookkeeping (config -> seeds handed out, replicates waiting, groups of K) lives in
 the searcher's attributes, which Tune pickles with Optuna's state (`OptunaSearch.save`),
 so `--resume` continues it.
+
+With `study_path`, Optuna's study lives on disk, in an Optuna journal file (an
+append-only log that several processes may write; Optuna's recommended file storage):
+`optuna-dashboard <path>` (`dashboard_command`) shows its history, slices and
+importances, live. A searcher over an existing journal continues the same study: it
+sees the earlier trials, does not enqueue the coverage points again, and hands each
+config the seeds after those its earlier trials used (each Optuna trial records its
+seeds and their scores as the user attributes `seeds` and `seed_values`).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
 SEED_KEY = "seed"
+STUDY_FILE = "optuna_journal.log"
+"""The journal's file name beside Tune's results: `<storage>/<sweep>/optuna_journal.log`."""
+STUDY_NAME = "jepa"
+ATTR_SEEDS = "seeds"
+ATTR_SEED_VALUES = "seed_values"
+
+
+def study_storage(path: str | Path):
+    """Optuna's journal storage in the file `path` (its folder created); the file is
+    created on first use and read back, with every study in it, when it exists."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(path).resolve()  # the searcher is pickled: a resume may run elsewhere
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def dashboard_command(path: str | Path) -> str:
+    """The one command that serves the study in `path` on http://127.0.0.1:8080
+    (optuna-dashboard is in the `dev` extra; it reads a journal file given as a path)."""
+    return f"optuna-dashboard --host 127.0.0.1 --port 8080 {shlex.quote(str(Path(path).resolve()))}"
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -50,13 +82,24 @@ class SeededOptunaSearch(OptunaSearch):
     """
 
     def __init__(
-        self, *args: Any, seeds_per_config: int = 1, base_seed: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        seeds_per_config: int = 1,
+        base_seed: int = 0,
+        study_path: str | Path | None = None,
+        study_name: str = STUDY_NAME,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        """study_path: the journal file of an on-disk study (None: in memory)."""
+        if study_path is not None:
+            kwargs["storage"] = study_storage(study_path)
+            kwargs["study_name"] = study_name
+        # Set before OptunaSearch.__init__, which sets the study up (`_setup_study`).
         self.seeds_per_config = seeds_per_config
         self.base_seed = base_seed
         self._seeds_handed: dict[str, int] = {}
         """config_key -> seeds handed out so far."""
+        super().__init__(*args, **kwargs)
         self._replicates: list[tuple[str, dict[str, Any]]] = []
         """(leader trial id, config) of replicates not yet handed to a trial."""
         self._leader: dict[str, str] = {}
@@ -64,24 +107,61 @@ class SeededOptunaSearch(OptunaSearch):
         self._groups: dict[str, dict[str, Any]] = {}
         """leader -> {"pending": trials still running or waiting, "values": [...]}."""
 
+    def _setup_study(self, mode: str | list) -> None:
+        earlier = self._earlier_trials()
+        if earlier:
+            # A continued study: its coverage points were enqueued (and run) the first
+            # time; its configs' seeds carry on where they stopped.
+            self._points_to_evaluate = []
+            for trial in earlier:
+                key = config_key(trial.params)
+                seeds = trial.user_attrs.get(ATTR_SEEDS, [])
+                handed = max(seeds, default=self.base_seed - 1) - self.base_seed + 1
+                self._seeds_handed[key] = max(self._seeds_handed.get(key, 0), handed)
+        super()._setup_study(mode)
+
+    def _earlier_trials(self) -> list:
+        """The trials already in this study's on-disk storage ([] in memory or new)."""
+        if self._storage is None:
+            return []
+        import optuna
+
+        names = {s.study_name for s in optuna.get_all_study_summaries(self._storage)}
+        if self._study_name not in names:
+            return []
+        study = optuna.load_study(study_name=self._study_name, storage=self._storage)
+        return study.get_trials(deepcopy=False)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._replicates:
             leader, config = self._replicates.pop(0)
             self._leader[trial_id] = leader
-            return self._with_seed(config)
+            return self._with_seed(config, trial_id, leader)
         config = super().suggest(trial_id)
         if not isinstance(config, dict):
             return config  # None (wait) or Searcher.FINISHED
         self._leader[trial_id] = trial_id
         self._groups[trial_id] = {"pending": self.seeds_per_config, "values": []}
         self._replicates += [(trial_id, config)] * (self.seeds_per_config - 1)
-        return self._with_seed(config)
+        return self._with_seed(config, trial_id, trial_id)
 
-    def _with_seed(self, config: dict[str, Any]) -> dict[str, Any]:
+    def _with_seed(self, config: dict[str, Any], trial_id: str, leader: str) -> dict[str, Any]:
         key = config_key(config)
         count = self._seeds_handed.get(key, 0)
         self._seeds_handed[key] = count + 1
-        return {**config, SEED_KEY: self.base_seed + count}
+        seed = self.base_seed + count
+        group = self._groups.get(leader)
+        if group is not None:
+            group.setdefault("seed_of", {})[trial_id] = seed
+            group.setdefault("seeds", []).append(seed)
+            self._set_attr(leader, ATTR_SEEDS, group["seeds"])
+        return {**config, SEED_KEY: seed}
+
+    def _set_attr(self, leader: str, key: str, value: Any) -> None:
+        """A user attribute of the leader's Optuna trial (what optuna-dashboard shows)."""
+        trial = self._ot_trials.get(leader)
+        if trial is not None:
+            trial.set_user_attr(key, value)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Only the leader is an Optuna trial; its replicates report nothing to Optuna.
@@ -99,6 +179,10 @@ class SeededOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric)
         if not error and value is not None:
             group["values"].append(float(value))
+            seed = group.get("seed_of", {}).get(trial_id)
+            if seed is not None:
+                group.setdefault("seed_values", {})[str(seed)] = float(value)
+                self._set_attr(leader, ATTR_SEED_VALUES, group["seed_values"])
         group["pending"] -= 1
         if group["pending"] > 0:
             return

@@ -20,8 +20,10 @@ run:
   `importance.<param>` and `param_importances.png`; skipped, with the reason in the tag
   `jepa.importance`, when the space sweeps fewer than 2 parameters or fewer than 3
   trials finished;
-- `parallel_coordinates.png`: one line per finished trial across the swept parameters
-  and its validation score, collapsed trials dashed, the baseline marked.
+- the pictures of `sweeps.pictures`: per swept parameter `accuracy_vs_<param>.png`
+  (validation and test against the value, seeds' intervals, the baselines as bands) and
+  `curves_by_<param>.png` (every trial's per-epoch curves, read back with
+  `metric_histories`), and `parallel_coordinates.png`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import csv
 import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,7 @@ from matplotlib.figure import Figure
 from jepa import metrics as M
 from jepa.config import TrialConfig
 from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED
-from sweeps import tracking
+from sweeps import pictures, tracking
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
 
@@ -53,7 +55,7 @@ TRIALS_CSV = "trials.csv"
 CONFIGS_CSV = "configs.csv"
 BEST_CONFIG = "best_config.yaml"
 IMPORTANCE_PNG = "param_importances.png"
-PARALLEL_PNG = "parallel_coordinates.png"
+PARALLEL_PNG = pictures.PARALLEL_PNG
 TAG_BEST_RUN = M.TAG_BEST_RUN
 TAG_IMPORTANCE = "jepa.importance"
 STATUS_FINISHED = "finished"  # jepa.train.STATUS_FINISHED; the only status eligible as best
@@ -218,9 +220,19 @@ def answer_metrics(best: ConfigStats) -> dict[str, float]:
 
 
 def log_sweep_summary(
-    client, experiment_id: str, parent_id: str, space: SearchSpace, baseline: float | None
+    client,
+    experiment_id: str,
+    parent_id: str,
+    space: SearchSpace,
+    baseline: float | None,
+    baselines: Sequence[pictures.Baseline] = (),
 ) -> SummaryReport:
     """Write the summary into the parent run; returns what it wrote.
+
+    baseline: the raw backbone's validation score at the sweep's seed (the parallel
+    plot's mark); baselines: the raw backbone first, then the untrained predictor, with
+    their scores over the seeds (the bands of the accuracy pictures). Without
+    `baselines`, the raw backbone's band is `baseline` alone, on the validation panel.
 
     A part that fails (a plot, say) is reported on stderr and in the tag
     `jepa.summary_error`, and the other parts are still written: a finished sweep is not
@@ -272,10 +284,16 @@ def log_sweep_summary(
 
         part(IMPORTANCE_PNG, importances)
         if finished:
-            part(
-                PARALLEL_PNG,
-                lambda: [plot_parallel_coordinates(finished, space, baseline, out / PARALLEL_PNG)],
-            )
+            bands = list(baselines)
+            if not bands and baseline is not None:
+                bands = [pictures.Baseline("raw backbone", mean_interval([baseline]), None)]
+
+            def summary_pictures() -> list[Path]:
+                histories = metric_histories(client, [t.run_id for t in finished])
+                points = [trial_point(t, space, histories.get(t.run_id, {})) for t in finished]
+                return pictures.summary_pictures(points, space.params, bands, out)
+
+            part("pictures", summary_pictures)
     if errors:
         tracking.set_tags(client, parent_id, {"jepa.summary_error": "; ".join(errors)[:5000]})
     return report
@@ -338,6 +356,36 @@ def trial_records(client, experiment_id: str, parent_id: str) -> list[TrialRecor
         )
         for r in runs
     ]
+
+
+def metric_histories(
+    client, run_ids: Sequence[str], keys: Sequence[str] = pictures.CURVE_METRICS
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """run id -> metric -> [(step, value)] of the per-epoch metrics `keys`, by step.
+
+    One call per run and metric (MLflow's client has no bulk history call; over HTTP
+    ~90 ms each): a 32-trial sweep reads its curves in ~9 s, once, at its end."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for run_id in run_ids:
+        for key in keys:
+            points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            if points:
+                out.setdefault(run_id, {})[key] = points
+    return out
+
+
+def trial_point(
+    t: TrialRecord, space: SearchSpace, curves: dict[str, list[tuple[int, float]]]
+) -> pictures.TrialPoint:
+    """A trial run as the pictures take it: its swept values, status, scores, curves."""
+    return pictures.TrialPoint(
+        params={k: t.params.get(k, "") for k in space.params},
+        status=t.status,
+        val=t.val_probe_accuracy,
+        test=t.probe_accuracy,
+        lift=t.metric(M.PROBE_LIFT),
+        curves=curves,
+    )
 
 
 INTERVAL_PARTS = ("n", "mean", "std", "ci95_low", "ci95_high")
@@ -515,96 +563,15 @@ def _same_number(level: Any, text: str) -> bool:
 
 def plot_importances(values: dict[str, float], path: Path) -> Path:
     names = list(values)[::-1]  # largest on top
-    fig = Figure(figsize=(6, 0.5 * len(names) + 1.2), dpi=100)  # no pyplot: see jepa.plots
-    ax = fig.subplots()
-    ax.barh(names, [values[n] for n in names], color="tab:blue")
-    for i, n in enumerate(names):
-        ax.text(values[n], i, f" {values[n]:.2f}", va="center", fontsize=8)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel(f"importance for {M.SEARCH_METRIC} (fANOVA, sums to 1)")
-    ax.set_title("Parameter importances", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
+    with matplotlib.rc_context(pictures.FONT):  # no pyplot: see jepa.plots
+        fig = Figure(figsize=(9, 0.6 * len(names) + 1.8), dpi=pictures.DPI)
+        ax = fig.subplots()
+        ax.barh(names, [values[n] for n in names], color="tab:blue")
+        for i, n in enumerate(names):
+            ax.text(values[n], i, f" {values[n]:.2f}", va="center")
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel(f"importance for {M.SEARCH_METRIC} (fANOVA, sums to 1)")
+        ax.set_title("Parameter importances")
+        fig.tight_layout()
+        fig.savefig(path)
     return path
-
-
-def plot_parallel_coordinates(
-    finished: list[TrialRecord], space: SearchSpace, baseline: float | None, path: Path
-) -> Path:
-    """One polyline per trial over the swept parameters and its validation score (last
-    axis).
-
-    Each axis is scaled to [0, 1]: choice levels evenly spaced in their listed order,
-    uniform/int linearly, loguniform on a log scale between the space's bounds.
-    """
-    keys = list(space.params)
-    accuracies = [t.val_probe_accuracy for t in finished]
-    low = min([*accuracies, *([baseline] if baseline is not None else [])])
-    high = max([*accuracies, *([baseline] if baseline is not None else [])])
-    span = (high - low) or 1.0
-    cmap = matplotlib.colormaps["viridis"]
-    fig = Figure(figsize=(2.0 * (len(keys) + 1) + 1.5, 4.5), dpi=100)
-    ax = fig.subplots()
-    xs = list(range(len(keys) + 1))
-    for t in sorted(finished, key=lambda t: t.val_probe_accuracy):
-        ys = [_axis_position(space, k, t.params.get(k)) for k in keys]
-        ys.append((t.val_probe_accuracy - low) / span)
-        collapsed = t.status == "collapsed"
-        ax.plot(
-            xs,
-            ys,
-            color=cmap((t.val_probe_accuracy - low) / span),
-            linestyle="--" if collapsed else "-",
-            marker="o",
-            markersize=3,
-            linewidth=1.5,
-            alpha=0.85,
-        )
-    if baseline is not None:
-        y = (baseline - low) / span
-        ax.plot([xs[-1] - 0.15, xs[-1] + 0.15], [y, y], color="red", linewidth=2)
-        ax.annotate("baseline", (xs[-1] + 0.17, y), color="red", fontsize=8, va="center")
-    for i, k in enumerate(keys):
-        ax.axvline(i, color="grey", linewidth=0.8)
-        for label, y in _axis_ticks(space, k):
-            ax.annotate(label, (i, y), xytext=(3, 0), textcoords="offset points", fontsize=7)
-    ax.axvline(xs[-1], color="grey", linewidth=0.8)
-    for y in (0.0, 0.5, 1.0):
-        ax.annotate(
-            f"{low + y * span:.3f}",
-            (xs[-1], y),
-            xytext=(3, 0),
-            textcoords="offset points",
-            fontsize=7,
-        )
-    labels = [f"{k} (log)" if space.params[k][0] == "loguniform" else k for k in keys]
-    ax.set_xticks(xs, [*labels, M.VAL_PROBE_ACCURACY])
-    ax.set_yticks([])
-    ax.set_ylim(-0.08, 1.08)
-    ax.set_xlim(-0.3, xs[-1] + 0.6)
-    ax.set_title(
-        f"{len(finished)} trials, colour = {M.VAL_PROBE_ACCURACY}; dashed = collapsed", fontsize=9
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def _axis_position(space: SearchSpace, key: str, text: str | None) -> float:
-    value = _typed_value(space, key, text)
-    dist, args = space.params[key]
-    if value is None:
-        return float("nan")
-    if dist == "choice":
-        return args.index(value) / max(len(args) - 1, 1) if len(args) > 1 else 0.5
-    lo, hi = float(args[0]), float(args[1])
-    if dist == "loguniform":
-        return (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
-    return (float(value) - lo) / (hi - lo)
-
-
-def _axis_ticks(space: SearchSpace, key: str) -> list[tuple[str, float]]:
-    dist, args = space.params[key]
-    if dist == "choice":
-        return [(str(level), _axis_position(space, key, str(level))) for level in args]
-    return [(f"{args[0]:g}", 0.0), (f"{args[1]:g}", 1.0)]

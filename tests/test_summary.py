@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from jepa import metrics as M
 from jepa.config import TrialConfig
 from sweeps import tracking
+from sweeps.pictures import accuracy_png
 from sweeps.spaces import load_space
 from sweeps.stats import mean_interval
 from sweeps.summary import (
@@ -99,6 +100,7 @@ def test_summary_of_a_multi_parameter_sweep(tmp_path):
         BEST_CONFIG,
         IMPORTANCE_PNG,
         PARALLEL_PNG,
+        *(accuracy_png(k) for k in space.params),  # no curves: these trials log no epochs
     }
     parent = client.get_run(parent_id)
     importances = {
@@ -136,7 +138,13 @@ def test_summary_of_a_one_parameter_sweep_skips_importances(tmp_path):
 
     assert report.importances == {}
     assert "skipped" in report.importance_note and "at least 2" in report.importance_note
-    assert set(report.artifacts) == {TRIALS_CSV, CONFIGS_CSV, BEST_CONFIG, PARALLEL_PNG}
+    assert set(report.artifacts) == {
+        TRIALS_CSV,
+        CONFIGS_CSV,
+        BEST_CONFIG,
+        PARALLEL_PNG,
+        accuracy_png("objective"),
+    }
     parent = client.get_run(parent_id)
     assert parent.data.tags[TAG_IMPORTANCE].startswith("skipped")
     assert not any(k.startswith("importance.") for k in parent.data.metrics)
