@@ -34,6 +34,9 @@ def evaluate_representation(
     tsne_path: str | Path | None = None,
     title: str = "",
     seed: int = 0,
+    *,
+    status: str | None = None,
+    epochs: int | None = None,
 ) -> dict[str, float]:
     """Metrics of `transform` applied to the bank's clean embeddings.
 
@@ -79,6 +82,10 @@ def evaluate_representation(
             tsne_path,
             title=f"{title}  probe={probe.accuracy:.3f}",
             seed=seed,
+            # The picture says what it shows: the test split, the epochs, the status.
+            status=status,
+            epochs=epochs,
+            split="test",
         )
     return out
 

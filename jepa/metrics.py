@@ -71,6 +71,7 @@ TAG_SWEEP_NAME = "jepa.sweep"
 # "true" on a trial-like run made by `python -m jepa.train` outside any sweep.
 TAG_SINGLE = "jepa.single"
 TAG_BEST_RUN = "jepa.best_run_id"
+TAG_BEST_MODEL = "jepa.best_model_uri"  # models:/jepa-predictor/N, the best run's predictor
 # Which baseline a baseline run is: the raw backbone or the untrained predictor.
 TAG_BASELINE = "jepa.baseline"
 BASELINE_RAW = "raw_backbone"

@@ -22,6 +22,7 @@ from jepa.evaluate import evaluate_representation, raw_probe_accuracy
 from jepa.features import FeatureBank
 from jepa.train import STATUS_DIVERGED, TrainResult, save_predictor
 from sweeps import tracking
+from sweeps.mlflow_conventions import DatasetRef, log_baseline, log_dataset_input
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -35,11 +36,15 @@ def trial_run(
     tags: dict[str, str],
     params: dict[str, Any],
     cfg: TrialConfig,
+    dataset: DatasetRef | None = None,
+    baseline: float | None = None,
 ) -> Iterator[str]:
     """An open trial run (its id): tagged `jepa.role=trial` plus `tags`, with the config
-    and `params` logged and `config.yaml` attached. Closed FINISHED when the block ends,
-    KILLED on Ctrl-C or SystemExit, FAILED on any other exception (with
-    `traceback.txt`), which is raised on."""
+    and `params` logged, `config.yaml` attached, the data set as its dataset input and
+    `baseline_probe_accuracy` (the raw backbone's test probe at the run's seed), when
+    given: logged first, so a run that diverges or fails shows them too. Closed FINISHED
+    when the block ends, KILLED on Ctrl-C or SystemExit, FAILED on any other exception
+    (with `traceback.txt`), which is raised on."""
     run = client.create_run(
         experiment_id, run_name=run_name, tags={M.TAG_ROLE: M.ROLE_TRIAL, **tags}
     )
@@ -47,6 +52,10 @@ def trial_run(
     try:
         tracking.log_params(client, run_id, {**cfg.to_dict(), **params})
         tracking.log_config_yaml(client, run_id, cfg.to_dict())
+        if dataset is not None:
+            log_dataset_input(client, run_id, dataset)
+        if baseline is not None:
+            log_baseline(client, run_id, baseline)
         yield run_id
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
@@ -82,7 +91,8 @@ def finish_trial(
     NaN): it logs `epochs_run` and is tagged diverged; its run still ends FINISHED.
     `backbone_images`: forward passes spent on this run (default: the result's count).
     `times` gets `time_eval`. Returns the final metrics plus `jepa.status`, what a
-    sweep trial reports to Tune.
+    sweep trial reports to Tune. A `baseline` passed in was logged when the run opened
+    (`trial_run`); one computed here is logged here.
     """
     predictor = result.predictor.eval().cpu()
     epochs = len(result.history)
@@ -97,13 +107,20 @@ def finish_trial(
         tsne = Path(tmp) / M.TSNE_ARTIFACT
         start = time.perf_counter()
         scores = evaluate_representation(
-            predictor, bank, tsne_path=tsne, title=picture_title(cfg), seed=cfg.seed
+            predictor,
+            bank,
+            tsne_path=tsne,
+            title=picture_title(cfg),
+            seed=cfg.seed,
+            status=result.status,
+            epochs=epochs,
         )
         if times is not None:
             times[M.TIME_EVAL] = time.perf_counter() - start
         weights = save_predictor(predictor, cfg, Path(tmp) / M.PREDICTOR_ARTIFACT)
         client.log_artifact(run_id, str(tsne))
         client.log_artifact(run_id, str(weights))
+    logged = {M.BASELINE_PROBE_ACCURACY} if baseline is not None else set()
     if baseline is None:  # e.g. a seed the sweep's baselines did not cover yet
         baseline = raw_probe_accuracy(bank, cfg.seed)
     images = result.backbone_images if backbone_images is None else backbone_images
@@ -117,7 +134,7 @@ def finish_trial(
     # The last epoch already logged its diagnostics (the same numbers) at this step; a
     # second point at the same step would make the curves ambiguous.
     last_epoch = result.history[-1] if result.history else {}
-    fresh = {k: v for k, v in final.items() if k not in last_epoch}
+    fresh = {k: v for k, v in final.items() if k not in last_epoch and k not in logged}
     tracking.log_metrics(client, run_id, fresh, step=epochs)
     tracking.set_tags(
         client, run_id, {M.TAG_STATUS: result.status, M.TAG_COLLAPSE: result.collapse}

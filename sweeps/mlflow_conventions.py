@@ -7,7 +7,7 @@
 - `log_registered_predictor`: a predictor as an MLflow model (`mlflow.pytorch`, with an
   input example and the signature inferred from it), registered as a new version of
   `jepa-predictor` and so loadable by `mlflow.pytorch.load_model("models:/jepa-predictor/N")`;
-- `verdict_lines`: the sweep's answer in words: does any config beat the baseline on
+- `lift_claim`: the sweep's answer in words: does the best config beat the baseline on
   the test split, by how much, with what interval;
 - `runs_view_url`: the MLflow UI's runs view of one sweep's trials, sorted by the
   search metric, for the store the sweep used; `closing_lines`: the sweep's last lines;
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from jepa import metrics as M
+from jepa.splits import DatasetSpec, ImageDataset
 from sweeps import tracking
 from sweeps.stats import Interval
 
@@ -66,6 +67,16 @@ class DatasetRef:
         ds.manifest_hash, spec.source, {"train": len(ds.train_labels), ...}, spec.is_demo)`."""
         source = source if demo else os.path.abspath(source)
         return cls(name, manifest_hash[:DIGEST_CHARS], source, "code" if demo else "local", sizes)
+
+    @classmethod
+    def of_loaded(cls, dataset: ImageDataset, spec: DatasetSpec) -> DatasetRef:
+        """From a loaded data set and the spec it was loaded by."""
+        sizes = {
+            "train": len(dataset.train_labels),
+            "val": len(dataset.val_labels),
+            "test": len(dataset.eval_labels),
+        }
+        return cls.of(dataset.name, dataset.manifest_hash, spec.source, sizes, spec.is_demo)
 
 
 def log_dataset_input(client, run_id: str, dataset: DatasetRef, context: str = "train") -> None:
@@ -180,53 +191,28 @@ def log_registered_predictor(
     return RegisteredPredictor(f"models:/{name}/{version}", version, info.model_id)
 
 
-def verdict_lines(
-    best_label: str | None,
-    lift: Interval | None,
-    test: Interval | None,
-    baseline_test: float | None,
-    all_collapsed: bool = False,
-) -> list[str]:
-    """The answer in words, for the sweep's last lines and the parent run's note.
-
-    best_label: the best config (chosen on validation) as `k=v ...`, None when none
-    qualifies; lift: its test score minus the raw backbone's, paired seed by seed
-    (`ConfigStats.lift`); test: its test score over its seeds; baseline_test: the raw
-    backbone's test score. The claim follows the interval: beyond noise only when the
-    paired lift's 95% interval excludes 0.
-    """
-    if best_label is None:
-        if all_collapsed:
-            return [
-                "No config beats the raw backbone: every config had a collapsed or "
-                "diverged seed, so none is a representation to choose."
-            ]
-        return ["No answer: no trial finished."]
-    head = f"Best config (chosen on {M.SEARCH_METRIC}): {best_label}"
-    if test is not None:
-        head += f"; test {M.PROBE_ACCURACY} {test.text()}"
-    if baseline_test is not None:
-        head += f" vs raw backbone {baseline_test:.4f}"
+def lift_claim(lift: Interval | None) -> str | None:
+    """The answer to "does the best config beat the raw backbone on test, by how much,
+    and is it beyond noise" in one sentence, following the interval of the paired lift
+    (`ConfigStats.lift`: its test score minus the raw backbone's, seed by seed): a claim
+    only when the 95% interval excludes 0. None when no lift was measured."""
     if lift is None:
-        return [head + ".", "No paired lift over the raw backbone was measured."]
+        return None
     by = f"{lift.mean:+.4f}"
     if not lift.has_interval:
-        return [
-            head + ".",
+        return (
             f"Lift over the raw backbone on test: {by} from 1 seed: no interval, so it "
-            "cannot be told from noise; rerun with --seeds 3 or more.",
-        ]
+            "cannot be told from noise; rerun with --seeds 3 or more."
+        )
     interval = f"{by} [{lift.low:+.4f}, {lift.high:+.4f}] (95% t interval, {lift.n} seeds paired)"
     if lift.low > 0:
-        claim = f"Yes: it beats the raw backbone on test by {interval}; the interval excludes 0."
-    elif lift.high < 0:
-        claim = f"No: it is worse than the raw backbone on test by {interval}."
-    else:
-        claim = (
-            f"Not beyond noise: its lift over the raw backbone on test is {interval}, "
-            "an interval that includes 0."
-        )
-    return [head + ".", claim]
+        return f"Yes: it beats the raw backbone on test by {interval}; the interval excludes 0."
+    if lift.high < 0:
+        return f"No: it is worse than the raw backbone on test by {interval}."
+    return (
+        f"Not beyond noise: its lift over the raw backbone on test is {interval}, "
+        "an interval that includes 0."
+    )
 
 
 def runs_view_url(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from jepa import metrics as M
 from jepa.train import STATUS_COLLAPSED, STATUS_DIVERGED
+from sweeps.mlflow_conventions import lift_claim
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
 from sweeps.summary import ConfigStats, SummaryReport
@@ -149,6 +150,9 @@ def verdict_lines(summary: SweepSummary, seed: int) -> list[str]:
                 else ""
             )
         )
+        claim = lift_claim(best.lift)
+        if claim:
+            out.append(claim)
     elif summary.report.all_collapsed:
         out.append(
             f"No best configuration: every trial that ended collapsed or diverged "

@@ -44,6 +44,7 @@ from jepa.features import (
 from jepa.train import EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import lifecycle, tracking
+from sweeps.mlflow_conventions import DatasetRef
 from sweeps.options import (
     DEFAULT_CACHE,
     DEFAULT_CHECKPOINT,
@@ -182,9 +183,12 @@ def train_single(opts: SingleOptions) -> SingleResult:
         PARAM_VIEWS: opts.views,
     }
     name = opts.run_name or f"single-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with lifecycle.trial_run(client, experiment_id, name, tags, params, cfg) as run_id:
+    baseline = raw_probe_accuracy(bank, cfg.seed)
+    dataset_ref = DatasetRef.of_loaded(dataset, spec.dataset)
+    with lifecycle.trial_run(
+        client, experiment_id, name, tags, params, cfg, dataset=dataset_ref, baseline=baseline
+    ) as run_id:
         print(f"MLflow: experiment {opts.experiment!r}, run {run_id}")
-        baseline = raw_probe_accuracy(bank, cfg.seed)
         print(f"Baseline (raw backbone): probe_accuracy={baseline:.4f}")
 
         def on_epoch(row: dict[str, float]) -> None:

@@ -219,6 +219,15 @@ def answer_metrics(best: ConfigStats) -> dict[str, float]:
     return values
 
 
+def best_config(
+    client, experiment_id: str, parent_id: str, space: SearchSpace
+) -> ConfigStats | None:
+    """The config `log_sweep_summary` will choose, read from the trial runs without
+    writing anything (the sweep scores the baselines at its seeds before the summary)."""
+    trials = trial_records(client, experiment_id, parent_id)
+    return choose_best(group_configs(trials, list(space.params)))
+
+
 def log_sweep_summary(
     client,
     experiment_id: str,

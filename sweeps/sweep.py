@@ -20,20 +20,32 @@ from jepa.backbones import weights_hash
 from jepa.config import TrialConfig
 from jepa.data import ImageDataset, describe, load_dataset
 from jepa.errors import UserInputError
-from jepa.evaluate import evaluate_representation, untrained_predictor
+from jepa.evaluate import evaluate_representation, load_predictor, untrained_predictor
 from jepa.features import FeatureBank
-from sweeps import cluster, faults, resume, tracking
+from sweeps import cluster, faults, pictures, resume, tracking
 from sweeps.feature_cache import FeatureCacheActor
+from sweeps.mlflow_conventions import (
+    DatasetRef,
+    closing_lines,
+    log_dataset_input,
+    log_parent_note,
+    log_registered_predictor,
+    parent_note,
+    runs_view_url,
+)
 from sweeps.options import SweepOptions
 from sweeps.report import Baselines, SweepSummary, fmt_scores, print_table, verdict_lines
-from sweeps.search import SeededOptunaSearch
+from sweeps.search import STUDY_FILE, SeededOptunaSearch, dashboard_command
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
-from sweeps.summary import ConfigStats, log_sweep_summary, log_sweep_totals
+from sweeps.summary import ConfigStats, best_config, log_sweep_summary, log_sweep_totals
 from sweeps.trial import SweepContext, run_trial
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+# The two baselines as the summary pictures label their bands (raw backbone first).
+BASELINE_LABELS = {M.BASELINE_RAW: "raw backbone", M.BASELINE_UNTRAINED: "untrained predictor"}
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
@@ -65,6 +77,10 @@ class Prepared:
             "val_images": len(self.dataset.val_images),
             "eval_images": len(self.dataset.eval_images),
         }
+
+    def dataset_ref(self, opts: SweepOptions) -> DatasetRef:
+        """The data set as every run's MLflow dataset input (the runs table's column)."""
+        return DatasetRef.of_loaded(self.dataset, opts.dataset)
 
 
 def run_sweep(opts: SweepOptions) -> SweepSummary:
@@ -190,6 +206,7 @@ class Sweep:
                 **prepared.run_params(),
             },
         )
+        log_dataset_input(self.client, self.parent_id, prepared.dataset_ref(opts))
         skipped = prepared.dataset.skipped_images
         if skipped:
             print(f"Skipped {skipped} unreadable images (--skip-bad-images)")
@@ -232,6 +249,8 @@ class Sweep:
             self.prepared.run_tags(opts),
             self.prepared.run_params(),
         )
+        for run_id in self.baselines.run_ids.values():
+            log_dataset_input(self.client, run_id, self.prepared.dataset_ref(opts))
         seeds = range(opts.seed, opts.seed + opts.seeds)
         self._score_baselines(seeds, announce=True)
         for run_id in self.baselines.run_ids.values():
@@ -264,7 +283,7 @@ class Sweep:
         if self.record.resumed and tune.Tuner.can_restore(self.record.folder):
             tuner = resume.restore_tuner(self.record, trainable)
         else:
-            tuner = _new_tuner(self.opts, trainable, self.name)
+            tuner = _new_tuner(self.opts, trainable, self.name, self.study_path)
         with resume.watch_interrupt() as interrupted:
             grid = tuner.fit()
         if interrupted() or grid.num_terminated + grid.num_errors < self.opts.total_trials:
@@ -291,6 +310,7 @@ class Sweep:
             gpus_per_trial=opts.gpus_per_trial,
             cpus_per_worker=opts.cpus_per_worker,
             baseline_probe_accuracy=self.baselines.raw_test(),
+            dataset=prepared.dataset_ref(opts),
             extra={"fault": prepared.fault},
         )
 
@@ -303,15 +323,25 @@ class Sweep:
         stats = ray.get(self.cache.stats.remote())
         trial_images = int(sum(r.get("backbone_images") or 0 for r in rows))
         raw_val = self.baselines.scores[M.BASELINE_RAW][opts.seed][M.VAL_PROBE_ACCURACY]
-        report = log_sweep_summary(
-            client, self.prepared.experiment_id, parent_id, opts.space, raw_val
-        )
+        best = best_config(client, self.prepared.experiment_id, parent_id, opts.space)
         untrained_lift = None
-        if report.best_config is not None:
-            # The answer is paired seed by seed: the baselines need the best config's seeds.
-            self._score_baselines(report.best_config.seeds)
+        if best is not None:
+            # The answer is paired seed by seed: the baselines need the best config's
+            # seeds (and the pictures' baseline bands their intervals).
+            self._score_baselines(best.seeds)
             self._save_baselines()
-            untrained_lift = _untrained_lift(report.best_config, self.baselines)
+            untrained_lift = _untrained_lift(best, self.baselines)
+        report = log_sweep_summary(
+            client,
+            self.prepared.experiment_id,
+            parent_id,
+            opts.space,
+            raw_val,
+            baselines=[
+                pictures.baseline_from_scores(label, self.baselines.scores[kind])
+                for kind, label in BASELINE_LABELS.items()
+            ],
+        )
         summary = SweepSummary(
             parent_run_id=parent_id,
             finished=sum(r["status"] != FAILED for r in rows),
@@ -338,12 +368,43 @@ class Sweep:
             f"{report.importances or report.importance_note}"
         )
         lines = print_table(summary, opts.space, opts.seed)
-        summary.verdict = verdict_lines(summary, opts.seed)
-        # The parent run's description in the MLflow UI: the same table and answer.
-        note = f"Sweep `{opts.space.name}`, chosen on `{M.SEARCH_METRIC}`:\n\n```\n"
-        note += "\n".join(lines) + "\n```"
-        tracking.set_tags(client, parent_id, {"mlflow.note.content": note})
+        verdict = verdict_lines(summary, opts.seed)
+        if report.best is not None:
+            self._register_best(report.best.run_id)
+        exp_id = self.prepared.experiment_id
+        dashboard = dashboard_command(self.study_path)
+        # The parent run's description in the MLflow UI: the answer, the table, the
+        # pictures, and where to look further.
+        note = parent_note(
+            opts.space.name,
+            verdict,
+            lines,
+            report.artifacts,
+            runs_view_url(opts.tracking_uri, exp_id, parent_id),
+            dashboard,
+        )
+        log_parent_note(client, parent_id, note)
+        summary.verdict = closing_lines(verdict, opts.tracking_uri, exp_id, parent_id, dashboard)
         return summary
+
+    @property
+    def study_path(self) -> Path:
+        """Optuna's study (a journal file) in the sweep's Tune folder."""
+        return Path(self.record.folder) / STUDY_FILE
+
+    def _register_best(self, run_id: str) -> None:
+        """The best run's predictor (`jepa.best_run_id`) as an MLflow model, registered as
+        a new version of `jepa-predictor` (loadable by `models:/jepa-predictor/N`)."""
+        assert self.bank is not None
+        # MLflow draws a progress bar for one small file: not on the sweep's console.
+        quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        with tempfile.TemporaryDirectory() as tmp, tracking.scoped_environ(quiet):
+            path = self.client.download_artifacts(run_id, M.PREDICTOR_ARTIFACT, tmp)
+            predictor, _ = load_predictor(path)
+        example = self.bank.eval_clean[:8].float().numpy()
+        model = log_registered_predictor(self.opts.tracking_uri, run_id, predictor, example)
+        tracking.set_tags(self.client, self.parent_id, {M.TAG_BEST_MODEL: model.model_uri})
+        print(f"Best predictor registered: {model.model_uri} (run {run_id})")
 
 
 def _new_parent(opts: SweepOptions, prepared: Prepared, client: MlflowClient) -> resume.SweepRecord:
@@ -372,7 +433,7 @@ def _new_parent(opts: SweepOptions, prepared: Prepared, client: MlflowClient) ->
     return record
 
 
-def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str) -> Any:
+def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str, study_path: Path) -> Any:
     from ray import tune
 
     scheduler = None
@@ -399,6 +460,10 @@ def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str) -> Any:
                 points_to_evaluate=opts.space.coverage_points(opts.num_samples),
                 seeds_per_config=opts.seeds,
                 base_seed=opts.seed,
+                # On disk beside Tune's results: optuna-dashboard shows it, and a
+                # restored searcher (`--resume`) writes on to the same study.
+                study_path=study_path,
+                study_name=sweep_name,
             ),
             scheduler=scheduler,
             num_samples=opts.total_trials,

@@ -27,6 +27,7 @@ from jepa.train import EvalSet, train_predictor
 from jepa.views import CachedViewPairs, LiveViewPairs
 from sweeps import lifecycle, tracking
 from sweeps.faults import Fault
+from sweeps.mlflow_conventions import DatasetRef
 from sweeps.resume import close_earlier_attempts
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class SweepContext:
     baseline_probe_accuracy: dict[int, float] = field(default_factory=dict)
     """The raw backbone's probe_accuracy (test) by seed: a trial's lift is paired with
     its own seed's; a seed not here is computed by the trial."""
+    dataset: DatasetRef | None = None
+    """The data set, logged as every trial run's MLflow dataset input."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,7 +119,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         **ctx.run_tags,
     }
     with lifecycle.trial_run(
-        client, ctx.experiment_id, f"trial-{trial_id}", tags, ctx.run_params, cfg
+        client,
+        ctx.experiment_id,
+        f"trial-{trial_id}",
+        tags,
+        ctx.run_params,
+        cfg,
+        dataset=ctx.dataset,
+        baseline=ctx.baseline_probe_accuracy.get(cfg.seed),
     ) as run_id:
         cache = ray.get_actor(ctx.cache_actor, namespace=ctx.namespace)
         if ctx.feature_cache:

@@ -38,6 +38,7 @@ class Store:
     names: dict[str, str]  # run id -> run name
     artifacts: dict[str, str]  # run id -> artifact URI
     sweep_run: str  # the trials' parent run
+    stdout: str  # what the sweep printed
 
 
 @dataclass
@@ -75,6 +76,7 @@ def store(tmp_path_factory) -> Store:
         names={r.info.run_id: r.info.run_name for r in runs},
         artifacts={r.info.run_id: r.info.artifact_uri for r in runs},
         sweep_run=runs[0].data.tags["mlflow.parentRunId"],
+        stdout=proc.stdout,
     )
 
 
@@ -161,6 +163,34 @@ def test_experiment_page_lists_both_trials_with_probe_accuracy(store, server, pa
     for name in store.names.values():
         page.get_by_text(name, exact=True).first.wait_for()
     screenshot(page, "mlflow-compare.png")
+
+
+def test_the_printed_link_shows_this_sweeps_trials_with_dataset_and_model(store, server, page):
+    """The sweep's last lines link the runs view of its trials, best first; there the
+    Dataset column names the data set and the Models column the registered predictor,
+    and the sweep's run carries its description (README "Compare trials")."""
+    link = re.search(r"Compare the trials, best first: (\S+)", store.stdout).group(1)
+    # The link names the UI's default address; this test's server has a free port.
+    page.goto(re.sub(r"^http://[^/]+", server.url, link))
+    names = list(store.names.values())
+    for name in names:
+        page.get_by_text(name, exact=True).first.wait_for()
+    _close_assistant(page)
+    grid = page.locator(".ag-center-cols-container")
+    deadline, text = time.monotonic() + 30, grid.inner_text()
+    while "jepa-predictor" not in text and time.monotonic() < deadline:  # rows fill in late
+        time.sleep(0.5)
+        text = grid.inner_text()
+    assert "jepa-predictor" in text, text  # the Models column: the registered best
+    assert "baseline-" not in text and "digits (" in text  # trials only; the Dataset column
+    screenshot(page, "mlflow-sweep-link.png")
+    client = MlflowClient(tracking_uri=store.dirs.tracking_uri)
+    best = client.get_run(store.sweep_run).data.tags[M.TAG_BEST_RUN]
+    registered = client.get_registered_model("jepa-predictor").latest_versions[0]
+    assert registered.run_id == best
+    page.goto(f"{server.url}/#/experiments/{store.experiment_id}/runs/{store.sweep_run}")
+    page.get_by_text("the answer").first.wait_for()  # mlflow.note.content, rendered
+    screenshot(page, "mlflow-sweep-description.png")
 
 
 def test_run_page_shows_the_tsne_picture(store, server, page):

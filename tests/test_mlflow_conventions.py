@@ -117,16 +117,13 @@ def test_trial_filter_finds_exactly_the_sweeps_trials(store):
     assert [r.info.run_id for r in found] == [trial]
 
 
-def test_verdict_follows_the_interval():
-    beats = C.verdict_lines("lr=0.001", mean_interval([0.04, 0.05, 0.06]), None, 0.80)
-    assert beats[-1].startswith("Yes") and "+0.0500 [" in beats[-1]
-    noise = C.verdict_lines("lr=0.001", mean_interval([-0.01, 0.02, 0.01]), None, 0.80)
-    assert noise[-1].startswith("Not beyond noise")
-    worse = C.verdict_lines("lr=0.1", mean_interval([-0.05, -0.06, -0.04]), None, 0.80)
-    assert worse[-1].startswith("No:")
-    one = C.verdict_lines("lr=0.1", mean_interval([0.05]), mean_interval([0.85]), 0.80)
-    assert "1 seed" in one[-1] and "0.8500 (n=1)" in one[0]
-    assert "collapsed" in C.verdict_lines(None, None, None, 0.8, all_collapsed=True)[0]
+def test_the_claim_follows_the_interval():
+    beats = C.lift_claim(mean_interval([0.04, 0.05, 0.06]))
+    assert beats.startswith("Yes") and "+0.0500 [" in beats
+    assert C.lift_claim(mean_interval([-0.01, 0.02, 0.01])).startswith("Not beyond noise")
+    assert C.lift_claim(mean_interval([-0.05, -0.06, -0.04])).startswith("No:")
+    assert "1 seed" in C.lift_claim(mean_interval([0.05]))
+    assert C.lift_claim(None) is None
 
 
 def test_parent_note_holds_verdict_table_and_pictures(store):
