@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -28,7 +29,7 @@ from jepa import metrics as M
 from jepa.config import TrialConfig
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
-from sweeps import tracking
+from sweeps import search, tracking
 from tests.conftest import ROOT, RUN, run_cli
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
@@ -238,6 +239,13 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # 1 when Tune's last periodic save came before the second trial started.
     assert re.search(r"Optuna sampler's history: [12] trials", proc.stdout), proc.stdout[-3000:]
+    # Optuna's study on disk, beside Tune's results: the resumed runs wrote on to the
+    # same study (both configs' values in it), and the sweep printed where it is.
+    (journal,) = sweep_dirs.storage.glob(f"predictor_width-*/{search.STUDY_FILE}")
+    assert search.dashboard_command(journal) in proc.stdout
+    study = optuna.load_study(study_name=None, storage=search.study_storage(journal))  # the one
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2, [t.state for t in study.trials]
 
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     runs = _experiment_runs(client)
