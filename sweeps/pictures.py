@@ -179,6 +179,8 @@ def curves_png(param: str) -> str:
 # --- accuracy against one parameter -------------------------------------------------
 
 
+# One figure drawn top to bottom (panels, points, intervals, bands, legend): long, but
+# each step reads in the order it appears in the picture.
 def plot_accuracy_vs_param(
     trials: Sequence[TrialPoint],
     space: Space,
@@ -372,12 +374,12 @@ def _x_position(value: str, dist: str, args: Sequence[Any], offset: float) -> fl
 
 def _choice_index(value: str, levels: Sequence[Any]) -> int | None:
     for i, level in enumerate(levels):
-        if str(level) == value or _same_number(level, value):
+        if str(level) == value or same_number(level, value):
             return i
     return None
 
 
-def _same_number(level: Any, text: str) -> bool:
+def same_number(level: Any, text: str) -> bool:
     """A YAML level `1` and a logged float param `1.0` are the same value."""
     if isinstance(level, bool) or not isinstance(level, int | float):
         return False
@@ -492,6 +494,8 @@ def _colour_value(value: str, dist: str, args: Sequence[Any]) -> float | None:
 # --- parallel coordinates -------------------------------------------------------------
 
 
+# One figure drawn top to bottom (axes, lines with repeats fanned out, ticks, baseline,
+# colour bar, legend): long, but each step reads in the order it appears.
 def plot_parallel_coordinates(
     trials: Sequence[TrialPoint], space: Space, baseline: float | None, path: Path
 ) -> Path:

@@ -228,6 +228,8 @@ def best_config(
     return choose_best(group_configs(trials, list(space.params)))
 
 
+# Long on purpose: every part below shares one temporary folder and `part`'s rule (a
+# failing part is reported, the others still written); split, that rule would be copied.
 def log_sweep_summary(
     client,
     experiment_id: str,
@@ -554,20 +556,10 @@ def _typed_value(space: SearchSpace, key: str, text: str | None) -> Any:
     dist, args = space.params[key]
     if dist == "choice":
         for level in args:
-            if str(level) == text or _same_number(level, text):
+            if str(level) == text or pictures.same_number(level, text):
                 return level
         return None
     return int(float(text)) if dist == "int" else float(text)
-
-
-def _same_number(level: Any, text: str) -> bool:
-    """A YAML level `1` and a logged float param `1.0` are the same value."""
-    if isinstance(level, bool) or not isinstance(level, int | float):
-        return False
-    try:
-        return float(text) == float(level)
-    except ValueError:
-        return False
 
 
 def plot_importances(values: dict[str, float], path: Path) -> Path:

@@ -367,25 +367,28 @@ class Sweep:
             f"Sweep summary in run {parent_id}: {', '.join(report.artifacts)}; importances "
             f"{report.importances or report.importance_note}"
         )
-        lines = print_table(summary, opts.space, opts.seed)
-        verdict = verdict_lines(summary, opts.seed)
         if report.best is not None:
             self._register_best(report.best.run_id)
-        exp_id = self.prepared.experiment_id
+        summary.verdict = self._answer(summary)
+        return summary
+
+    def _answer(self, summary: SweepSummary) -> list[str]:
+        """Print the table; write the parent run's description (the answer, the table,
+        the pictures, where to look further); return the lines the CLI prints last."""
+        opts, exp_id = self.opts, self.prepared.experiment_id
+        lines = print_table(summary, opts.space, opts.seed)
+        verdict = verdict_lines(summary, opts.seed)
         dashboard = dashboard_command(self.study_path)
-        # The parent run's description in the MLflow UI: the answer, the table, the
-        # pictures, and where to look further.
         note = parent_note(
             opts.space.name,
             verdict,
             lines,
-            report.artifacts,
-            runs_view_url(opts.tracking_uri, exp_id, parent_id),
+            summary.report.artifacts,
+            runs_view_url(opts.tracking_uri, exp_id, self.parent_id),
             dashboard,
         )
-        log_parent_note(client, parent_id, note)
-        summary.verdict = closing_lines(verdict, opts.tracking_uri, exp_id, parent_id, dashboard)
-        return summary
+        log_parent_note(self.client, self.parent_id, note)
+        return closing_lines(verdict, opts.tracking_uri, exp_id, self.parent_id, dashboard)
 
     @property
     def study_path(self) -> Path:
