@@ -585,9 +585,7 @@ def plot_parallel_coordinates(
         ax.set_yticks([])
         ax.set_ylim(-0.1, 1.1)
         ax.set_xlim(-0.5, xs[-1] + 0.9)
-        bar = fig.colorbar(
-            mcm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, pad=0.01
-        )
+        bar = fig.colorbar(mcm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, pad=0.01)
         bar.set_label(M.VAL_PROBE_ACCURACY)
         style = [
             Line2D([], [], color="black", linestyle="-", label="finished"),
