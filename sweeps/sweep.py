@@ -22,7 +22,7 @@ from jepa.data import ImageDataset, describe, load_dataset
 from jepa.errors import UserInputError
 from jepa.evaluate import evaluate_representation, untrained_predictor
 from jepa.features import FeatureBank
-from sweeps import cluster, faults, resume, tracking
+from sweeps import cluster, console, faults, resume, tracking
 from sweeps.feature_cache import FeatureCacheActor
 from sweeps.options import SweepOptions
 from sweeps.pool import PoolTrials, pool_broker_name
@@ -268,7 +268,12 @@ class Sweep:
             tuner = resume.restore_tuner(self.record, trainable)
         else:
             tuner = _new_tuner(self.opts, trainable, self.name)
-        with self._pool(), resume.watch_interrupt() as interrupted:
+        log = Path(storage_path(self.opts.storage), self.name, console.LOG_FILE)
+        with (
+            self._pool(),
+            console.quiet(log, enabled=not self.opts.verbose),
+            resume.watch_interrupt() as interrupted,
+        ):
             grid = tuner.fit()
         if interrupted() or grid.num_terminated + grid.num_errors < self.opts.total_trials:
             raise resume.SweepInterrupted(self.name)
@@ -429,7 +434,10 @@ def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str) -> Any:
         run_config=tune.RunConfig(
             name=sweep_name,
             storage_path=storage_path(opts.storage),
+            # Tune's status tables: in the sweep's log file unless --verbose
+            # (`sweeps.console`); the console gets `TrialLines`.
             verbose=1,
+            callbacks=[console.TrialLines(opts.total_trials)],
             # A trial that raises runs again (a new MLflow run each attempt), then counts
             # as failed; the sweep goes on either way.
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
