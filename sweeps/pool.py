@@ -21,9 +21,10 @@ ordinary trial.
   once every group is given up, queued and new trials fail at once instead of waiting.
 - State: `ctx.state` is a dict each worker keeps between trials (e.g. fetched banks).
 
-Rank 0 of a group talks to the broker; with `workers_per_group > 1` it broadcasts each
-config to the other ranks (torch.distributed, set up by Ray Train), so every rank runs
-`body` on the same config, as DDP needs.
+Rank 0 of a group takes trials from the broker; with `workers_per_group > 1` it
+broadcasts each trial's id to the other ranks (torch.distributed, set up by Ray Train),
+which fetch its config from the broker, so every rank runs `body` on the same config, as
+DDP needs.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ class Broker:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
+
+    def config(self, trial_id: str) -> dict[str, Any]:
+        """The config of a trial (for a group's ranks other than 0)."""
+        with self._cond:
+            return self._trials[trial_id].config
 
     def put_row(self, trial_id: str, row: dict[str, Any]) -> None:
         with self._cond:
@@ -255,9 +261,12 @@ def _group_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             while job is None:
                 job = ray.get(broker.next_trial.remote(group, 5.0))
-        trial_id, trial_config = _broadcast(job, world)
+        # Only the id goes through torch.distributed: a config holding Ray ObjectRefs
+        # (the trial's bank) must be deserialized by Ray, or `ray.get` on it never returns.
+        trial_id = _broadcast(job[0] if rank == 0 else None, world)
         if trial_id == _STOP:
             return
+        trial_config = job[1] if rank == 0 else ray.get(broker.config.remote(trial_id))
         ctx = TrialContext(trial_id, rank, world, state, broker)
         error = None
         try:
