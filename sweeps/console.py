@@ -46,6 +46,19 @@ def quiet(log_path: Path, enabled: bool = True) -> Iterator[None]:
                 yield
         finally:
             _console = None
+            _stop_forwarding()
+
+
+def _stop_forwarding() -> None:
+    """Stop printing what Ray's processes write: after the trials, only their shut-down
+    is left (e.g. the trainables' `SystemExit` tracebacks when Ray stops them), which
+    would reach the console once `quiet` ends. Ray's log folder keeps it all."""
+    try:
+        from ray._private import worker
+
+        worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    except (ImportError, AttributeError, KeyError, ValueError):
+        pass  # another Ray version: the shut-down's lines may show
 
 
 class TrialLines(Callback):
@@ -74,7 +87,7 @@ class TrialLines(Callback):
         status = result.get(M.TAG_STATUS, "stopped")
         score = result.get(M.SEARCH_METRIC)
         scored = f", {M.SEARCH_METRIC} {score:.3f}" if isinstance(score, float) else ""
-        self._end(trial, f"finished: {status}{scored}")
+        self._end(trial, f"ended: {status}{scored}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, f"failed ({_error(trial)})")
