@@ -102,6 +102,7 @@ def test_two_worker_ddp_trial_on_cpu(sweep_dirs):
     train_lines = sweep_log.read_text()
     assert "world_size=2" in train_lines and "DistributedDataParallel" in train_lines
     assert "world_size=2" not in proc.stdout  # the console has the trial lines only
+    assert "Traceback" not in log  # none on a successful run, shutdown included
     assert re.search(r"trial \S+ ended: \w+, val_probe_accuracy [0-9.]+", proc.stdout)
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
