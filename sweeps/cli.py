@@ -112,7 +112,7 @@ def _add_what_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
-    """--experiment, --tracking-uri, --storage, --resume."""
+    """--experiment, --tracking-uri, --storage, --resume, --verbose."""
     track = p.add_argument_group("tracking and storage")
     track.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     track.add_argument(
@@ -131,6 +131,14 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="continue the last interrupted sweep of this space and experiment",
+    )
+    track.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Tune's status tables and the Ray processes' output (Ray Train's "
+        "per-report lines, trial tracebacks) on the console; by default they go to "
+        "<storage>/<sweep>/sweep.log and the console gets a line per trial start and end "
+        "and a progress line",
     )
 
 
@@ -224,4 +232,5 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> SweepOptions
         resume=args.resume,
         max_failures=args.max_failures,
         resume_command=resume_command(argv),
+        verbose=args.verbose,
     )

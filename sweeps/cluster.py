@@ -59,6 +59,9 @@ def init_ray(address: str | None, tracking_uri: str) -> bool:
         print(f"  {token_hint()}")
     else:
         print("Ray dashboard: not running (ray[default] missing?)")
+    session = context.address_info.get("session_dir")
+    if session:  # the processes' own logs: where to look when a trial's worker died
+        print(f"Ray logs: {session}/logs")
     print(f"MLflow UI: {tracking.ui_command(tracking_uri)}")
     return True
 

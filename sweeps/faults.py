@@ -5,11 +5,15 @@
     trial-raise                  every trial's worker raises InjectedFailure
     trial-raise@predictor_width=64
                                  only trials whose config has predictor_width == 64
+    worker-kill@predictor_width=64
+                                 the pool worker running such a trial kills itself
+                                 (SIGKILL) after its first epoch, on the trial's first
+                                 attempt only: a worker lost mid-trial
 
-The error is raised in the worker after the trial's MLflow run started, so it travels the
-path a real bug takes: Ray Train fails the run, the trial's driver marks the MLflow run
-FAILED with traceback.txt, Tune retries it up to `--max-failures` and then counts it
-failed. It is a test hook, not a user feature: unset it is inert.
+`trial-raise`'s error is raised in the pool worker after the trial's MLflow run started,
+so it travels the path a real bug takes: the body fails, the trial's trainable marks the
+MLflow run FAILED with traceback.txt, Tune retries it up to `--max-failures` and then
+counts it failed. It is a test hook, not a user feature: unset it is inert.
 
 A NaN loss needs no hook: a learning rate of 1e30 makes the loss non-finite in the first
 epoch (see tests/test_reliability.py).
@@ -18,13 +22,14 @@ epoch (see tests/test_reliability.py).
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 from jepa.errors import UserInputError
 
 ENV = "JEPA_INJECT_FAILURE"
-KINDS = ("trial-raise",)
+KINDS = ("trial-raise", "worker-kill")
 
 
 class InjectedFailure(RuntimeError):
@@ -40,7 +45,10 @@ class Fault:
     def applies(self, config: dict[str, Any]) -> bool:
         return self.key is None or str(config.get(self.key)) == self.value
 
-    def maybe_raise(self, config: dict[str, Any]) -> None:
+    def maybe_raise(self, config: dict[str, Any], attempt: int = 1) -> None:
+        """Fail the way the fault says when it applies to `config` (and `attempt`)."""
+        if self.kind == "worker-kill" and self.applies(config) and attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.kind == "trial-raise" and self.applies(config):
             where = f" ({self.key}={self.value})" if self.key else ""
             raise InjectedFailure(f"{ENV}={self.spec()}: injected trial failure{where}")

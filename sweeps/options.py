@@ -79,6 +79,9 @@ class SweepOptions:
     max_failures: int = 0
     resume_command: str = ""
     """The command that resumes this sweep (printed at the start and on Ctrl-C)."""
+    verbose: bool = False
+    """Tune's status tables and the Ray processes' lines on the console (`--verbose`);
+    else in the sweep's log file (`sweeps.console`)."""
 
     def base_config(self) -> dict[str, Any]:
         base = {**TrialConfig().to_dict(), **self.space.fixed, "seed": self.seed}

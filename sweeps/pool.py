@@ -21,13 +21,15 @@ ordinary trial.
   once every group is given up, queued and new trials fail at once instead of waiting.
 - State: `ctx.state` is a dict each worker keeps between trials (e.g. fetched banks).
 
-Rank 0 of a group talks to the broker; with `workers_per_group > 1` it broadcasts each
-config to the other ranks (torch.distributed, set up by Ray Train), so every rank runs
-`body` on the same config, as DDP needs.
+Rank 0 of a group takes trials from the broker; with `workers_per_group > 1` it
+broadcasts each trial's id to the other ranks (torch.distributed, set up by Ray Train),
+which fetch its config from the broker, so every rank runs `body` on the same config, as
+DDP needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -137,6 +139,11 @@ class Broker:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
+
+    def config(self, trial_id: str) -> dict[str, Any]:
+        """The config of a trial (for a group's ranks other than 0)."""
+        with self._cond:
+            return self._trials[trial_id].config
 
     def put_row(self, trial_id: str, row: dict[str, Any]) -> None:
         with self._cond:
@@ -254,9 +261,12 @@ def _group_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             while job is None:
                 job = ray.get(broker.next_trial.remote(group, 5.0))
-        trial_id, trial_config = _broadcast(job, world)
+        # Only the id goes through torch.distributed: a config holding Ray ObjectRefs
+        # (the trial's bank) must be deserialized by Ray, or `ray.get` on it never returns.
+        trial_id = _broadcast(job[0] if rank == 0 else None, world)
         if trial_id == _STOP:
             return
+        trial_config = job[1] if rank == 0 else ray.get(broker.config.remote(trial_id))
         ctx = TrialContext(trial_id, rank, world, state, broker)
         error = None
         try:
@@ -300,8 +310,20 @@ def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> 
     from ray import tune
 
     broker = ray.get_actor(broker_name, namespace=namespace)
-    trial_id = tune.get_context().get_trial_id()
-    ray.get(broker.submit.remote(trial_id, dict(config)))
+    relay(broker, tune.get_context().get_trial_id(), dict(config), tune.report)
+
+
+def relay(
+    broker: Any,
+    trial_id: str,
+    config: dict[str, Any],
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Submit `config` as `trial_id`, `report` each row the pool streams back, return
+    when the body returned. Raises `PoolWorkerDied` when the group running it died, and
+    RuntimeError (with the body's traceback) when the body raised. The lease on the work
+    is renewed from a thread until this returns (or its process dies)."""
+    ray.get(broker.submit.remote(trial_id, config))
     done = threading.Event()
 
     def heartbeat() -> None:  # dies with the actor when Tune stops the trial
@@ -314,7 +336,7 @@ def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> 
         while True:
             rows, state, error = ray.get(broker.take.remote(trial_id, cursor, 1.0))
             for row in rows:
-                tune.report(row)
+                report(row)
             cursor += len(rows)
             if state == "lost":
                 raise PoolWorkerDied(error)
@@ -325,6 +347,11 @@ def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> 
     finally:
         done.set()
         broker.cancel.remote(trial_id)
+
+
+def pool_broker_name(pool_name: str) -> str:
+    """The name of the broker actor of the pool called `pool_name`."""
+    return f"{pool_name}-broker"
 
 
 class PoolTrials:
@@ -348,10 +375,12 @@ class PoolTrials:
         restarts: int = 10,
     ) -> None:
         self.name, self.namespace = name, namespace
-        self.broker = Broker.options(name=f"{name}-broker", namespace=namespace).remote(lease_s)
+        self.broker = Broker.options(name=pool_broker_name(name), namespace=namespace).remote(
+            lease_s
+        )
         ray.get(self.broker.expect.remote(groups))
         loop = {
-            "broker": f"{name}-broker",
+            "broker": pool_broker_name(name),
             "namespace": namespace,
             "body": ray.cloudpickle.dumps(body),
         }
@@ -374,7 +403,7 @@ class PoolTrials:
         from ray import tune
 
         return tune.with_parameters(
-            pool_trainable, broker_name=f"{self.name}-broker", namespace=self.namespace
+            pool_trainable, broker_name=pool_broker_name(self.name), namespace=self.namespace
         )
 
     def starts(self) -> dict[int, int]:
@@ -390,5 +419,11 @@ class PoolTrials:
     def __enter__(self) -> PoolTrials:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Ctrl-C or an error: the groups end with this driver (or when the caller stops
+        # Ray); waiting here for a group to end its trial would only delay that.
+        with contextlib.suppress(Exception):
+            self.broker.close.remote()

@@ -22,7 +22,7 @@ from jepa.data import ImageDataset, describe, load_dataset
 from jepa.errors import UserInputError
 from jepa.evaluate import evaluate_representation, load_predictor, untrained_predictor
 from jepa.features import FeatureBank
-from sweeps import cluster, faults, pictures, resume, tracking
+from sweeps import cluster, console, faults, pictures, resume, tracking
 from sweeps.feature_cache import FeatureCacheActor
 from sweeps.mlflow_conventions import (
     DatasetRef,
@@ -34,12 +34,13 @@ from sweeps.mlflow_conventions import (
     runs_view_url,
 )
 from sweeps.options import SweepOptions
+from sweeps.pool import PoolTrials, pool_broker_name
 from sweeps.report import Baselines, SweepSummary, fmt_scores, print_table, verdict_lines
 from sweeps.search import STUDY_FILE, SeededOptunaSearch, dashboard_command
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
 from sweeps.summary import ConfigStats, best_config, log_sweep_summary, log_sweep_totals
-from sweeps.trial import SweepContext, run_trial
+from sweeps.trial import SweepContext, pool_body, run_trial, worker_resources
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 # The two baselines as the summary pictures label their bands (raw backbone first).
 BASELINE_LABELS = {M.BASELINE_RAW: "raw backbone", M.BASELINE_UNTRAINED: "untrained predictor"}
 
-DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver process
+DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's trainable process
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
 
 
@@ -147,6 +148,7 @@ class Sweep:
         self.name = record.state.sweep_name
         self.parent_id = record.state.parent_run_id
         self.cache_name = f"jepa-feature-cache-{self.name}"
+        self.pool_name = f"jepa-pool-{self.name}"
         self.cache: Any = None  # the FeatureCacheActor's handle, from `start_cache`
         self.bank: FeatureBank | None = None  # the baselines' bank, from `baseline`
         self.baselines: Baselines | None = None
@@ -270,25 +272,49 @@ class Sweep:
         self.record.save()
 
     def search(self) -> Any:
-        """Tune's trials (a new Tuner, or the interrupted one restored); the ResultGrid.
-        A Ctrl-C Tune caught, or trials left unrun, raise `SweepInterrupted`."""
+        """Tune's trials (a new Tuner, or the interrupted one restored), run by the
+        sweep's pool of long-lived Ray Train worker groups; the ResultGrid. A Ctrl-C
+        Tune caught, or trials left unrun, raise `SweepInterrupted`."""
         from ray import tune
 
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, ctx=self._context()),
-            # The trial's driver only waits on its TorchTrainer: it reserves no CPU (the
-            # Ray Train workers do) but a little memory; Tune refuses an empty request.
+            # The trial's trainable only waits on the pool: it reserves no CPU (the
+            # pool's workers do) but a little memory; Tune refuses an empty request.
             {"cpu": 0, "memory": DRIVER_MEMORY},
         )
         if self.record.resumed and tune.Tuner.can_restore(self.record.folder):
             tuner = resume.restore_tuner(self.record, trainable)
         else:
             tuner = _new_tuner(self.opts, trainable, self.name, self.study_path)
-        with resume.watch_interrupt() as interrupted:
+        log = Path(storage_path(self.opts.storage), self.name, console.LOG_FILE)
+        with (
+            self._pool(),
+            console.quiet(log, enabled=not self.opts.verbose),
+            resume.watch_interrupt() as interrupted,
+        ):
             grid = tuner.fit()
         if interrupted() or grid.num_terminated + grid.num_errors < self.opts.total_trials:
             raise resume.SweepInterrupted(self.name)
         return grid
+
+    def _pool(self) -> PoolTrials:
+        """One group of `--workers-per-trial` ranks per concurrent trial, each rank
+        reserving what a trial's rank reserves (CPUs, its GPU share); started once,
+        they run every trial of the sweep (`sweeps.pool`)."""
+        opts = self.opts
+        return PoolTrials(
+            pool_body,
+            groups=concurrency(opts),
+            storage_path=str(Path(storage_path(opts.storage), "_train")),
+            workers_per_group=opts.workers_per_trial,
+            resources_per_worker=worker_resources(
+                opts.workers_per_trial, opts.gpus_per_trial, opts.cpus_per_worker
+            ),
+            use_gpu=opts.gpus_per_trial > 0,
+            name=self.pool_name,
+            namespace=cluster.NAMESPACE,
+        )
 
     def _context(self) -> SweepContext:
         opts, prepared = self.opts, self.prepared
@@ -304,6 +330,7 @@ class Sweep:
             run_params=prepared.run_params(),
             cache_actor=self.cache_name,
             namespace=cluster.NAMESPACE,
+            pool_broker=pool_broker_name(self.pool_name),
             storage_path=storage_path(opts.storage),
             feature_cache=opts.feature_cache,
             workers_per_trial=opts.workers_per_trial,
@@ -449,9 +476,6 @@ def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str, study_path: 
             max_t=opts.base_config()["max_epochs"],
             grace_period=2,
         )
-    concurrency = opts.max_concurrent or cluster.default_concurrency(
-        opts.workers_per_trial * opts.cpus_per_worker, opts.gpus_per_trial
-    )
     return tune.Tuner(
         trainable,
         param_space=opts.space.tune_space(),
@@ -470,19 +494,29 @@ def _new_tuner(opts: SweepOptions, trainable: Any, sweep_name: str, study_path: 
             ),
             scheduler=scheduler,
             num_samples=opts.total_trials,
-            max_concurrent_trials=concurrency,
-            # A trial's driver process serves the next trial: no new process (seconds of
-            # imports) per trial. The driver keeps no state between trials.
+            max_concurrent_trials=concurrency(opts),
+            # A trial's trainable process serves the next trial: no new process (seconds
+            # of imports) per trial. The trainable keeps no state between trials.
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
             storage_path=storage_path(opts.storage),
+            # Tune's status tables: in the sweep's log file unless --verbose
+            # (`sweeps.console`); the console gets `TrialLines`.
             verbose=1,
+            callbacks=[console.TrialLines(opts.total_trials)],
             # A trial that raises runs again (a new MLflow run each attempt), then counts
             # as failed; the sweep goes on either way.
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         ),
+    )
+
+
+def concurrency(opts: SweepOptions) -> int:
+    """Trials at once: `--max-concurrent`, else as many as the cluster's resources hold."""
+    return opts.max_concurrent or cluster.default_concurrency(
+        opts.workers_per_trial * opts.cpus_per_worker, opts.gpus_per_trial
     )
 
 

@@ -1,17 +1,16 @@
-"""One Tune trial: its driver (`run_trial`, a Ray Train TorchTrainer job inside the
-trial's MLflow run) and its body (`trial_body`, what one rank does for one config).
+"""One Tune trial: its trainable (`run_trial`, light, inside the trial's MLflow run) and
+its body (`trial_body`, what one rank of a pool group does for one config).
 
 `run_trial` is the Tune function trainable. It opens the trial's run through
 `sweeps.lifecycle`, fetches the embedding bank's reference from the sweep's cache actor,
-and starts a `TorchTrainer` whose workers run `trial_body`. Every rank trains; rank 0
-logs each epoch to MLflow and reports it to Tune (through `TuneReportCallback`), then
+and hands the job to the sweep's pool of long-lived Ray Train worker groups
+(`sweeps.pool`), whose workers run `trial_body`. Every rank trains; rank 0 logs each
+epoch to MLflow and streams it back to the trainable, which reports it to Tune, then
 evaluates and logs through `lifecycle.finish_trial`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -25,27 +24,15 @@ from jepa.config import TrialConfig
 from jepa.features import FeatureBank
 from jepa.train import EvalSet, train_predictor
 from jepa.views import CachedViewPairs, LiveViewPairs
-from sweeps import lifecycle, tracking
+from sweeps import lifecycle, pool, tracking
 from sweeps.faults import Fault
 from sweeps.mlflow_conventions import DatasetRef
+from sweeps.pool import TrialContext
 from sweeps.resume import close_earlier_attempts
 
 if TYPE_CHECKING:
     from jepa.backbones import BackboneSpec
     from jepa.data import ImageDataset
-
-# Ray Train V2 settings for short trials, used unless the environment sets them. The
-# controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and
-# a worker's `report` waits until the previous report was collected by such a poll, so
-# with the default every epoch of a small trial waited up to 2 s, and so did the end of
-# every trial. The preemption watcher (an extra actor, i.e. a process, per trial) only
-# matters on clusters whose nodes get preempted (cloud spot instances).
-# See ray/train/v2/_internal/constants.py; Train passes them on to its controller and
-# workers (ENV_VARS_TO_PROPAGATE).
-TRAIN_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-}
 
 
 @dataclass(frozen=True)
@@ -64,6 +51,8 @@ class SweepContext:
     """Params every trial run gets besides its config (checkpoint SHA-256, data set)."""
     cache_actor: str
     namespace: str
+    pool_broker: str
+    """The name of the sweep's pool broker actor (`sweeps.pool`), in `namespace`."""
     storage_path: str
     feature_cache: bool = True
     workers_per_trial: int = 1
@@ -93,12 +82,20 @@ class TrialJob:
     baseline_probe_accuracy: dict[int, float] = field(default_factory=dict)
     fault: Fault | None = None
     """A test's injected failure (`sweeps.faults`), else None."""
+    attempt: int = 1
+    """Which attempt of the trial this is (1, then 2... when Tune retries it)."""
     trial_started: float = 0.0
     """Wall clock when the trial's driver started (the startup time is measured from it)."""
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
-    """Tune trainable: train and evaluate one configuration, logged as an MLflow run."""
+    """Tune trainable: train and evaluate one configuration, logged as an MLflow run.
+
+    Light: it opens the run, hands the work to the sweep's pool (`sweeps.pool`), whose
+    long-lived Ray Train workers run `trial_body`, and reports the rows they stream back.
+    A pool worker that dies mid-trial makes this raise (`PoolWorkerDied`): the run ends
+    FAILED with the reason and Tune retries the trial (`--max-failures`).
+    """
     from ray import tune
 
     started = time.time()  # wall clock: compared with the worker's, on the same node or not
@@ -142,40 +139,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             backbone=None if ctx.feature_cache else ctx.backbone,
             baseline_probe_accuracy=ctx.baseline_probe_accuracy,
             fault=ctx.extra.get("fault"),
+            attempt=earlier.count + 1,
             trial_started=started,
         )
-        # Train reads TRAIN_ENV from this process's environment when it starts its
-        # controller and workers; it is put back afterwards (this process serves the
-        # next trial too).
-        with tracking.scoped_environ({**TRAIN_ENV, **_already_set(TRAIN_ENV)}):
-            result = _trainer(ctx, trial_id, job).fit()
-        tracking.log_metrics(client, run_id, trial_timings(started, result.return_value))
-
-
-def _already_set(defaults: dict[str, str]) -> dict[str, str]:
-    """The values of `defaults`' names the environment sets: those win."""
-    return {k: os.environ[k] for k in defaults if k in os.environ}
-
-
-def _trainer(ctx: SweepContext, trial_id: str, job: TrialJob) -> Any:
-    """The trial's TorchTrainer: `ctx.workers_per_trial` workers running `train_worker`."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return lean_torch_trainer()(
-        train_worker,
-        train_loop_config={"job": job},
-        scaling_config=ScalingConfig(
-            num_workers=ctx.workers_per_trial,
-            use_gpu=ctx.gpus_per_trial > 0,
-            resources_per_worker=_worker_resources(ctx),
-        ),
-        run_config=RunConfig(
-            name=f"{ctx.sweep_name}-{trial_id}",
-            storage_path=os.path.join(ctx.storage_path, "_train"),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
+        broker = ray.get_actor(ctx.pool_broker, namespace=ctx.namespace)
+        pool.relay(broker, trial_id, {"job": job}, tune.report)
 
 
 def _logged_result(run) -> dict[str, Any]:
@@ -197,81 +165,54 @@ def node_tags() -> dict[str, str]:
     }
 
 
-@functools.cache
-def lean_torch_trainer() -> type:
-    """`TorchTrainer` that does not start a `DatasetManager` actor when it is given no
-    Ray Datasets (we give none: the embeddings come through the object store). Every
-    actor is a new Python process that imports Ray Train and Ray Data, seconds of CPU
-    per trial on a small machine; a trial started six.
-
-    (The placement-group cleaner, another actor per run, stays: it removes the run's
-    placement group when the controller dies uncleanly. Without it, after workers were
-    killed for memory, their runs' CPUs stayed reserved and the next trials waited for
-    them indefinitely.)
-
-    Still a Ray Train V2 `TorchTrainer`. Ray versions without this private class get
-    the plain TorchTrainer.
-    """
-    from ray.train.torch import TorchTrainer
-
-    try:
-        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    except ImportError:
-        return TorchTrainer
-
-    class LeanTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
-
-    return LeanTorchTrainer
-
-
-def trial_timings(started: float, worker: dict[str, float] | None) -> dict[str, float]:
-    """The trial's time split: wall time of the driver, the work rank 0 timed (training,
-    backbone, evaluation) and the rest, the orchestration overhead (see `jepa.metrics`)."""
-    times = {M.TIME_TRIAL: time.time() - started, **(worker or {})}
+def trial_timings(started: float, worker: dict[str, float]) -> dict[str, float]:
+    """The trial's time split: wall time since its trainable started, the work rank 0
+    timed (training, backbone, evaluation) and the rest, the orchestration overhead
+    (see `jepa.metrics`)."""
+    times = {M.TIME_TRIAL: time.time() - started, **worker}
     work = sum(times.get(k, 0.0) for k in (M.TIME_TRAIN, M.TIME_BACKBONE, M.TIME_EVAL))
     times[M.TIME_OVERHEAD] = times[M.TIME_TRIAL] - work
     return times
 
 
-def _worker_resources(ctx: SweepContext) -> dict[str, float]:
-    resources = {"CPU": ctx.cpus_per_worker}
-    if ctx.gpus_per_trial > 0:
-        resources["GPU"] = ctx.gpus_per_trial / ctx.workers_per_trial
+def worker_resources(workers: int, gpus_per_trial: float, cpus_per_worker: float) -> dict:
+    """What one rank of a trial reserves: its CPUs and its share of the trial's GPUs."""
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_trial > 0:
+        resources["GPU"] = gpus_per_trial / workers
     return resources
 
 
-def train_worker(config: dict[str, Any]) -> dict[str, float]:
-    """Ray Train's worker loop: `trial_body` of the loop config's `job`."""
-    return trial_body(config["job"])
+class TrialStopped(Exception):
+    """Tune stopped the trial (ASHA, the end of the sweep): its ranks return early."""
 
 
-def trial_body(job: TrialJob) -> dict[str, float]:
-    """What one rank does for one config, inside a Ray Train worker group: fetch the
-    bank, train (every rank), report each epoch; rank 0 also logs the epochs and then
-    evaluates and logs the run through `lifecycle.finish_trial`.
+def pool_body(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The pool's body (`sweeps.pool`): `trial_body` of the config's `job`."""
+    trial_body(config["job"], ctx)
 
-    Returns rank 0's timings (`jepa.metrics.TIME_*`), which the driver gets back as the
-    result's `return_value`.
+
+def trial_body(job: TrialJob, ctx: TrialContext) -> None:
+    """What one rank of a pool group does for one config: fetch the bank (kept in the
+    worker for the next trials), train (every rank), report each epoch's row to the
+    Tune trial (`ctx.report`); rank 0 also logs the epochs, evaluates and logs the run
+    through `lifecycle.finish_trial`, and logs the trial's timings (`jepa.metrics.TIME_*`).
+
+    Between epochs every rank asks `ctx.should_stop()`; once Tune stopped the trial the
+    ranks return and rank 0 closes its run KILLED, as an interrupted trial's.
     """
-    import ray.train
     import ray.train.torch
 
     times = {M.TIME_STARTUP: time.time() - job.trial_started}
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank = ctx.rank
     device = ray.train.torch.get_device()
     cfg = job.config
     client = tracking.client(job.tracking_uri) if rank == 0 else None
     if rank == 0:
-        # Tagged here, not by the trial's driver: the driver reserves no CPU and may sit
-        # on any node; the node that trains is the one that matters.
+        # Tagged here, not by the trial's trainable: the trainable reserves no CPU and
+        # may sit on any node; the node that trains is the one that matters.
         tracking.set_tags(client, job.run_id, node_tags())
-    bank, views = _fetch(job, device, times)
+    bank, views = _fetch(job, device, times, ctx.state)
     # The per-epoch diagnostics (kNN, what ASHA prunes on) score the validation split:
     # nothing the search sees comes from the test split.
     evalset = EvalSet(bank.train_clean, bank.train_labels, bank.val_clean, bank.val_labels)
@@ -282,25 +223,31 @@ def trial_body(job: TrialJob) -> dict[str, float]:
         start = time.perf_counter()
         if rank == 0:
             lifecycle.log_epoch(client, job.run_id, row)
-        if job.fault is not None:
-            job.fault.maybe_raise(cfg.to_dict())  # mid-trial, after an epoch was logged
-        ray.train.report(dict(row) if rank == 0 else {})
+        if job.fault is not None:  # mid-trial, after an epoch was logged
+            job.fault.maybe_raise(cfg.to_dict(), job.attempt)
+        ctx.report(row)
+        if ctx.should_stop():
+            raise TrialStopped
         reporting += time.perf_counter() - start
 
-    wrap = ray.train.torch.prepare_model if world_size > 1 else None
+    wrap = ray.train.torch.prepare_model if ctx.world_size > 1 else None
     start = time.perf_counter()
-    result = train_predictor(
-        cfg,
-        views,
-        evalset,
-        on_epoch=on_epoch,
-        rank=rank,
-        world_size=world_size,
-        wrap=wrap,
-        device=device,
-    )
+    try:
+        result = train_predictor(
+            cfg,
+            views,
+            evalset,
+            on_epoch=on_epoch,
+            rank=rank,
+            world_size=ctx.world_size,
+            wrap=wrap,
+            device=device,
+        )
+    except TrialStopped:
+        if rank == 0:
+            client.set_terminated(job.run_id, "KILLED")
+        return
     times[M.TIME_TRAIN] = time.perf_counter() - start - reporting
-    final: dict[str, Any] = {}
     if rank == 0:
         final = lifecycle.finish_trial(
             client,
@@ -311,16 +258,25 @@ def trial_body(job: TrialJob) -> dict[str, float]:
             baseline=job.baseline_probe_accuracy.get(cfg.seed),
             times=times,
         )
-    ray.train.report(final)
-    return times
+        tracking.log_metrics(client, job.run_id, trial_timings(job.trial_started, times))
+        ctx.report(final)
+
+
+BANKS_KEPT = 4  # banks a pool worker keeps between trials (one per augmentation level)
 
 
 def _fetch(
-    job: TrialJob, device: torch.device, times: dict[str, float]
+    job: TrialJob, device: torch.device, times: dict[str, float], kept: dict[str, Any]
 ) -> tuple[FeatureBank, CachedViewPairs | LiveViewPairs]:
-    """The trial's bank and its training views: the cached bank's, or (cache off) live
+    """The trial's bank and its training views: the cached bank's (from `kept`, the
+    worker's banks by object id, when an earlier trial fetched it), or (cache off) live
     views from the images, with the backbone's time in `times`."""
-    data = ray.get(job.data[0])
+    key = job.data[0].hex()
+    if key not in kept:
+        while len(kept) >= BANKS_KEPT:
+            kept.pop(next(iter(kept)))
+        kept[key] = ray.get(job.data[0])
+    data = kept[key]
     if job.feature_cache:
         return data, CachedViewPairs(data.views)
     start = time.perf_counter()

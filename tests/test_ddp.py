@@ -4,6 +4,7 @@ two Ray Train workers with DDP, logged like any other trial."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -94,8 +95,15 @@ def test_two_worker_ddp_trial_on_cpu(sweep_dirs):
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    # Ray Train's own lines: a process group of two ranks, the model wrapped in DDP.
-    assert "world_size=2" in log and "DistributedDataParallel" in log
+    # Ray Train's own lines (in the sweep's log file, whose path the console names): a
+    # process group of two ranks, the model wrapped in DDP.
+    (sweep_log,) = sweep_dirs.storage.glob("*/sweep.log")
+    assert str(sweep_log) in proc.stdout
+    train_lines = sweep_log.read_text()
+    assert "world_size=2" in train_lines and "DistributedDataParallel" in train_lines
+    assert "world_size=2" not in proc.stdout  # the console has the trial lines only
+    assert "Traceback" not in log  # none on a successful run, shutdown included
+    assert re.search(r"trial \S+ ended: \w+, val_probe_accuracy [0-9.]+", proc.stdout)
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
     trials = [
