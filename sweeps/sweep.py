@@ -6,6 +6,7 @@ the search and summarises it.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -395,7 +396,13 @@ class Sweep:
             f"{report.importances or report.importance_note}"
         )
         if report.best is not None:
-            self._register_best(report.best.run_id)
+            try:
+                self._register_best(report.best.run_id)
+            except Exception as exc:  # noqa: BLE001 - said on stderr and in a tag
+                # As for the summary's other parts: the sweep is done; a store without a
+                # model registry (or a flavour that cannot be logged) does not fail it.
+                print(f"warning: registering the best predictor failed: {exc}", file=sys.stderr)
+                tracking.set_tags(client, parent_id, {"jepa.register_error": str(exc)[:5000]})
         summary.verdict = self._answer(summary)
         return summary
 
