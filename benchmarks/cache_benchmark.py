@@ -44,14 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "sweeps" / "run.py"
 sys.path.insert(0, str(ROOT))
 
-TIME_METRICS = (
-    "time_trial_s",
-    "time_startup_s",
-    "time_train_s",
-    "time_backbone_s",
-    "time_eval_s",
-    "time_overhead_s",
-)
+from jepa.metrics import TIME_METRICS  # noqa: E402
 
 
 @dataclass

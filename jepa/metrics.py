@@ -88,7 +88,7 @@ CONFIG_ARTIFACT = "config.yaml"
 # cache and performance". overhead = trial - train - backbone - eval: what the trial
 # spends on orchestration (MLflow, Ray Train start-up and shut-down, reporting).
 TIME_TRIAL = "time_trial_s"
-"""Trial driver: from entering the trainable to `TorchTrainer.fit` returning."""
+"""The Tune trial: from entering the trainable to the pool's last row for it."""
 TIME_TRAIN = "time_train_s"
 """Rank 0: training epochs, with their diagnostics, without logging and reporting."""
 TIME_BACKBONE = "time_backbone_s"
@@ -97,4 +97,7 @@ TIME_EVAL = "time_eval_s"
 """Rank 0: final evaluation: probe, kNN, collapse metrics and the t-SNE picture."""
 TIME_OVERHEAD = "time_overhead_s"
 TIME_STARTUP = "time_startup_s"
-"""Trial driver start to rank 0's training loop start (run creation, Ray Train start-up)."""
+"""The trial's start to rank 0's training loop start (run creation, waiting for a pool
+group: its Ray Train start-up for a group's first trial)."""
+TIME_METRICS = (TIME_TRIAL, TIME_STARTUP, TIME_TRAIN, TIME_BACKBONE, TIME_EVAL, TIME_OVERHEAD)
+"""Every timing a trial run logs, in the order the benchmarks print them."""
