@@ -160,13 +160,24 @@ class SeededOptunaSearch(OptunaSearch):
     def _set_attr(self, leader: str, key: str, value: Any) -> None:
         """A user attribute of the leader's Optuna trial (what optuna-dashboard shows)."""
         trial = self._ot_trials.get(leader)
-        if trial is not None:
+        if trial is not None and not self._told_already(leader):
             trial.set_user_attr(key, value)
+
+    def _told_already(self, leader: str) -> bool:
+        """Whether the study on disk already holds the leader's final value. After a
+        resume, Tune reruns a trial its last save did not record as done, though the
+        earlier attempt told Optuna (the journal outlives the pickled searcher); Optuna
+        refuses to update a finished trial, and the value it has is that trial's."""
+        trial = self._ot_trials.get(leader)
+        if trial is None:
+            return False
+        return trial.storage.get_trial(trial._trial_id).state.is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Only the leader is an Optuna trial; its replicates report nothing to Optuna.
         if self.metric in result and trial_id in self._ot_trials:
-            super().on_trial_result(trial_id, result)
+            if not self._told_already(trial_id):
+                super().on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -187,6 +198,8 @@ class SeededOptunaSearch(OptunaSearch):
         if group["pending"] > 0:
             return
         del self._groups[leader]
+        if self._told_already(leader):
+            return  # a rerun after a resume: Optuna has this config's value
         values = group["values"]
         if values:
             mean = sum(values) / len(values)

@@ -95,6 +95,28 @@ def test_a_restored_searcher_keeps_writing_the_same_study(tmp_path):
     assert not [t for t in other.trials if t.state.name == "COMPLETE"]
 
 
+def test_a_trial_rerun_after_a_resume_does_not_tell_optuna_twice(tmp_path):
+    """Tune's last save came after a trial was suggested but before it completed; the
+    study on disk has its value (the earlier attempt told Optuna). Resumed, Tune reruns
+    that trial: its results and completion must not touch the finished Optuna trial
+    (Optuna raises UpdateFinishedTrialError, which ended the resumed sweep)."""
+    import optuna
+
+    path = tmp_path / STUDY_FILE
+    searcher = _searcher(path, seeds=1)
+    config = searcher.suggest("t0")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last save: t0 still running
+    searcher.on_trial_complete("t0", {M.SEARCH_METRIC: 0.7})  # then the attempt finished
+    restored = _searcher(tmp_path / "other.log", seeds=1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t0", {M.SEARCH_METRIC: 0.6, "training_iteration": 1})
+    restored.on_trial_complete("t0", {M.SEARCH_METRIC: 0.6})
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(path))
+    finished = [t for t in study.trials if t.state.is_finished()]  # the other is enqueued
+    assert [(t.state.name, t.value) for t in finished] == [("COMPLETE", 0.7)]
+    assert finished[0].params["predictor_width"] == config["predictor_width"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
