@@ -19,13 +19,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+# Defined in jepa.backbone_spec and jepa.frozen (light, and no loop with jepa.ijepa),
+# named here too.
+from jepa.backbone_spec import DEMO as DEMO
+from jepa.backbone_spec import IJEPA as IJEPA
+from jepa.backbone_spec import BackboneSpec as BackboneSpec
 from jepa.errors import UserInputError
 from jepa.features import file_sha256 as file_sha256  # a checkpoint's hash, as a bank's
-
-# Defined in jepa.frozen (which jepa.ijepa imports without a loop), named here too.
-from jepa.frozen import DEMO as DEMO
-from jepa.frozen import IJEPA as IJEPA
-from jepa.frozen import BackboneSpec as BackboneSpec
 from jepa.frozen import FrozenBackbone as FrozenBackbone
 
 DEMO_IMAGE_SIZE = 32

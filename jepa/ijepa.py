@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from jepa.backbone_spec import BackboneSpec
 from jepa.errors import UserInputError, first_line
-from jepa.frozen import BackboneSpec, FrozenBackbone
+from jepa.frozen import FrozenBackbone
 
 ENCODER_KEYS = {"target": "target_encoder", "context": "encoder"}
 """`BackboneSpec.encoder` -> the checkpoint's key. The paper evaluates the target encoder."""

@@ -2,7 +2,9 @@
 `config.yaml`; log epochs; evaluate, save the weights and tag the status; close it
 FINISHED, FAILED or KILLED. A sweep trial and the single run both go through here.
 
-No Ray import: the single run uses it where Ray is not installed.
+No Ray import: the single run uses it where Ray is not installed. Opening a run and
+logging epochs import neither torch nor scikit-learn (a Tune trial's trainable opens its
+run and stays a small process); evaluating one imports them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from jepa import metrics as M
 from jepa.config import TrialConfig
-from jepa.evaluate import evaluate_representation, raw_probe_accuracy
-from jepa.features import FeatureBank
-from jepa.train import STATUS_DIVERGED, TrainResult, save_predictor
 from sweeps import tracking
 from sweeps.mlflow_conventions import DatasetRef, log_baseline, log_dataset_input
 
 if TYPE_CHECKING:
+    import torch
     from mlflow.tracking import MlflowClient
+
+    from jepa.features import FeatureBank
+    from jepa.train import TrainResult
 
 
 @contextlib.contextmanager
@@ -96,6 +97,9 @@ def finish_trial(
     sweep trial reports to Tune. A `baseline` passed in was logged when the run opened
     (`trial_run`); one computed here is logged here.
     """
+    from jepa.evaluate import evaluate_representation, raw_probe_accuracy
+    from jepa.train import STATUS_DIVERGED, save_predictor
+
     predictor = result.predictor.eval().cpu()
     epochs = len(result.history)
     if result.status == STATUS_DIVERGED or not _finite(predictor):
@@ -153,4 +157,6 @@ def picture_title(cfg: TrialConfig) -> str:
 
 
 def _finite(module: torch.nn.Module) -> bool:
+    import torch
+
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())

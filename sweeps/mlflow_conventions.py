@@ -21,15 +21,19 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
-import torch
 
 from jepa import metrics as M
-from jepa.splits import DatasetSpec, ImageDataset
 from sweeps import tracking
 from sweeps.stats import Interval
+
+if TYPE_CHECKING:  # torch only where a model is logged: a trial's trainable opens runs
+    import torch
+
+    from jepa.splits import DatasetSpec, ImageDataset
 
 REGISTERED_MODEL = "jepa-predictor"
 MODEL_NAME = "predictor"
@@ -160,6 +164,7 @@ def log_registered_predictor(
     exported program takes any batch size.
     """
     import mlflow.pytorch
+    import torch
     from mlflow.tracking import MlflowClient
 
     module = predictor.eval().cpu()

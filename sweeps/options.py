@@ -17,13 +17,15 @@ from jepa.config import TrialConfig
 from jepa.data import DatasetSpec
 from jepa.errors import UserInputError
 from jepa.features import DEFAULT_VIEWS
+from sweeps.paths import (
+    DEFAULT_CACHE,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_DATA,
+    DEFAULT_STORAGE,
+    PROJECT_ROOT,
+)
 from sweeps.spaces import SearchSpace
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = PROJECT_ROOT / "IN1K-vit.h.14-300e.pth.tar"
-DEFAULT_DATA = PROJECT_ROOT / "data" / "tiny-imagenet-200"
-DEFAULT_STORAGE = PROJECT_ROOT / "ray_results"
-DEFAULT_CACHE = PROJECT_ROOT / ".cache" / "embeddings"
 DEFAULT_EXPERIMENT = "jepa-sweeps"
 TRACKING_URI_HELP = (
     "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow/mlflow.db)"

@@ -23,7 +23,7 @@ import yaml
 
 from jepa import metrics as M
 from jepa.errors import UserInputError, first_line
-from sweeps.options import PROJECT_ROOT
+from sweeps.paths import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

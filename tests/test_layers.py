@@ -5,6 +5,8 @@ and under TYPE_CHECKING count: they are dependencies all the same)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,24 @@ def test_every_module_says_what_it_owns(package):
     for path in sorted((ROOT / package).glob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and len(doc.split()) >= 3, f"{path.name}: no docstring saying what it owns"
+
+
+def test_a_trials_trainable_stays_light():
+    """Tune starts one trainable actor per running trial beside the pool's workers: it
+    must not import torch or scikit-learn (~0.8 GB each; eight trials of them ran a
+    24 GB machine out of memory). Unpickling what the sweep sends it counts too."""
+    code = """
+import pickle, sys
+from jepa.backbone_spec import BackboneSpec
+from sweeps.trial import SweepContext, run_trial
+ctx = SweepContext("s", "sqlite:///x.db", "1", "p", {}, BackboneSpec(), {}, {}, "c", "n",
+                   "b", "/tmp")
+pickle.loads(pickle.dumps((ctx, run_trial)))
+heavy = sorted(m for m in ("torch", "sklearn", "timm", "matplotlib") if m in sys.modules)
+print(heavy)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
