@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +33,9 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     search several times faster on 1280-d."""
     from openTSNE import TSNE
 
+    # openTSNE logs "Precomputed initialization provided..." at INFO on every fit (its
+    # own PCA initialisation is passed on internally): not news to whoever reads the log.
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)
     x = np.asarray(x, dtype=np.float32)
     if x.shape[1] > TSNE_PCA_DIMS and x.shape[0] > TSNE_PCA_DIMS:
         x = pca(x, TSNE_PCA_DIMS, seed)

@@ -15,7 +15,7 @@ from jepa.backbones import check_backbone
 from jepa.errors import UserInputError
 from sweeps import tracking
 from sweeps.cluster import check_cluster
-from sweeps.gpus import check_gpu_sharing
+from sweeps.gpus import check_gpu_banks, check_gpu_sharing
 from sweeps.options import (
     DEFAULT_EXPERIMENT,
     DEFAULT_STORAGE,
@@ -206,6 +206,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> SweepOptions
     print(f"Backbone: {check_backbone(source.backbone)}")
     address = args.address or os.environ.get("RAY_ADDRESS")
     check_gpu_sharing(args.workers_per_trial, args.gpus_per_trial)
+    check_gpu_banks(space, args.gpus_per_trial, args.feature_cache == "on")
     check_cluster(address, args.gpus_per_trial)
     return SweepOptions(
         space=space,

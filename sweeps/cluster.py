@@ -14,7 +14,7 @@ import ray
 
 from jepa.errors import UserInputError, first_line
 from sweeps import tracking
-from sweeps.options import PROJECT_ROOT
+from sweeps.paths import PROJECT_ROOT
 
 NAMESPACE = "jepa-sweeps"
 # Where Ray 2.5x+ keeps the token of a local cluster (RAY_AUTH_TOKEN_PATH overrides it).
@@ -172,6 +172,24 @@ def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
     if gpus_per_trial > 0:
         slots = min(slots, int(resources.get("GPU", 0) // gpus_per_trial))
     return max(1, slots)
+
+
+# What one pool group's processes hold (`sweeps.pool`): the task that drives its
+# TorchTrainer, Train's controller and placement-group cleaner (~1.5 GiB RSS together,
+# each imports torch), and per rank a worker with torch and the banks it keeps (~0.9 GiB
+# on the demo). Measured with `ps` during an 8-trial demo sweep on the CPU.
+GROUP_BASE_BYTES = 1.5 * 2**30
+RANK_BYTES = 0.9 * 2**30
+
+
+def groups_in_memory(wanted: int, workers_per_group: int) -> int:
+    """How many of `wanted` pool groups the cluster's memory holds (Ray's `memory`
+    resource: what its nodes had free at start, less the object store), at least one.
+    More groups than that and Ray's memory monitor kills workers mid-trial (a CI run of
+    eight concurrent trials on 24 GB did); fewer groups only make trials wait their turn."""
+    memory = ray.cluster_resources().get("memory", 0.0)
+    per_group = GROUP_BASE_BYTES + RANK_BYTES * workers_per_group
+    return max(1, min(wanted, int(memory // per_group)))
 
 
 def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float = 5.0) -> None:

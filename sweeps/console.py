@@ -41,12 +41,41 @@ def quiet(log_path: Path, enabled: bool = True) -> Iterator[None]:
     print(f"Tune and Ray Train output: {log_path} (--verbose shows it here)", flush=True)
     with open(log_path, "a", buffering=1) as log:
         _console = sys.stdout
+        dispatcher = _ray_dispatcher()
+        if dispatcher is not None:
+            dispatcher.add_handler(_CACHE_HANDLER, _show_cache_lines)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield
         finally:
+            if dispatcher is not None:
+                dispatcher.remove_handler(_CACHE_HANDLER)
             _console = None
             _stop_forwarding()
+
+
+# The embedding cache's lines (what it computes, its progress every 10 s) stay on the
+# console: computing a bank of real images takes minutes, and they say why nothing moves.
+_CACHE_SOURCES = ("FeatureCacheActor", "_compute_on_gpu")
+_CACHE_HANDLER = "jepa_cache_lines"
+
+
+def _show_cache_lines(data: dict[str, Any]) -> None:
+    """A Ray stdstream handler: the cache's batches of lines, printed on the console."""
+    source = data.get("actor_name") or data.get("task_name") or ""
+    if _console is not None and not data.get("is_err") and source in _CACHE_SOURCES:
+        for line in data.get("lines", []):
+            print(line, file=_console, flush=True)
+
+
+def _ray_dispatcher() -> Any:
+    """Ray's dispatcher of the lines its processes print (None in another Ray version)."""
+    try:
+        from ray._private import worker
+
+        return worker.global_worker_stdstream_dispatcher
+    except (ImportError, AttributeError):
+        return None
 
 
 def _stop_forwarding() -> None:

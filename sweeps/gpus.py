@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jepa.errors import UserInputError
+from sweeps.spaces import SearchSpace
 
 
 def check_gpu_sharing(workers_per_trial: int, gpus_per_trial: float) -> None:
@@ -23,4 +24,17 @@ def check_gpu_sharing(workers_per_trial: int, gpus_per_trial: float) -> None:
             f"gives each DDP rank {share:g} of a GPU, and ranks that share a GPU fail in "
             "NCCL (Duplicate GPU detected); give every rank whole GPUs (--gpus-per-trial "
             f"{workers_per_trial}) or train on one worker (--workers-per-trial 1)"
+        )
+
+
+def check_gpu_banks(space: SearchSpace, gpus_per_trial: float, feature_cache: bool) -> None:
+    """With GPUs and the embedding cache, each augmentation level's bank is computed on a
+    GPU before the trials' pool takes the GPUs (`Sweep.compute_banks`): a swept
+    aug_strength must be a choice of levels, known before the sweep starts."""
+    swept = "aug_strength" in space.params
+    if gpus_per_trial > 0 and feature_cache and swept and space.levels("aug_strength") is None:
+        raise UserInputError(
+            f"--space {space.name}: with --gpus-per-trial and the embedding cache, "
+            "aug_strength must be a choice of levels (each level's bank is computed on the "
+            "GPU before the trials start); or --feature-cache off"
         )

@@ -108,6 +108,11 @@ class SeededOptunaSearch(OptunaSearch):
         """leader -> {"pending": trials still running or waiting, "values": [...]}."""
 
     def _setup_study(self, mode: str | list) -> None:
+        import optuna
+
+        # Optuna's INFO lines ("A new study created in Journal ...") go to the stderr it
+        # saw on import, past the sweep's quiet console; the sweep names the journal.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         earlier = self._earlier_trials()
         if earlier:
             # A continued study: its coverage points were enqueued (and run) the first

@@ -41,7 +41,8 @@ from sweeps.search import STUDY_FILE, SeededOptunaSearch, dashboard_command
 from sweeps.spaces import SearchSpace
 from sweeps.stats import Interval, mean_interval
 from sweeps.summary import ConfigStats, best_config, log_sweep_summary, log_sweep_totals
-from sweeps.trial import SweepContext, pool_body, run_trial, worker_resources
+from sweeps.trial import SweepContext, run_trial, worker_resources
+from sweeps.trial_work import pool_body
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -104,8 +105,14 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
             sweep = Sweep.open(opts, prepared, started_ray)
             with sweep.closing():
                 sweep.start_cache()
-                sweep.baseline()
-                grid = sweep.search()
+                if opts.gpus_per_trial > 0:
+                    sweep.compute_banks()  # on the GPU, before the pool's groups take it
+                # On CPUs the pool's processes start (import torch, join their groups)
+                # while the cache computes and the baselines are scored; their output
+                # goes to the sweep's log from the start.
+                with sweep.quiet(), sweep.start_pool():
+                    sweep.baseline()
+                    grid = sweep.search()
                 return sweep.summarise(grid)
         finally:
             if started_ray:
@@ -233,6 +240,18 @@ class Sweep:
             gpu_share=min(1.0, opts.gpus_per_trial),
         )
 
+    def compute_banks(self) -> None:
+        """Every bank the trials will ask for, computed now. With GPUs the cache computes
+        on them in short tasks (`feature_cache._compute_on_gpu`), which could not start
+        once the pool's groups hold every GPU share for the whole search."""
+        opts = self.opts
+        if not opts.feature_cache:
+            ray.get(self.cache.clean_bank.remote())  # the baselines'; trials make their own
+            return
+        levels = opts.space.levels("aug_strength") or [self.prepared.base_config["aug_strength"]]
+        for level in levels:
+            ray.get(self.cache.bank.remote(level))
+
     def baseline(self) -> None:
         """The raw backbone and the untrained predictor, at each of the sweep's seeds,
         in two baseline runs (kept from before an interruption when resuming)."""
@@ -241,7 +260,8 @@ class Sweep:
         if record.state.baseline is not None:
             self.baselines = Baselines.from_state(record.state.baseline)
             print(
-                f"Baselines (before the interruption): {_fmt_baselines(self.baselines, opts.seed)}"
+                f"Baselines (before the interruption): {_fmt_baselines(self.baselines, opts.seed)}",
+                file=console.out(),
             )
             return
         self.baselines = _new_baselines(
@@ -274,7 +294,8 @@ class Sweep:
 
     def search(self) -> Any:
         """Tune's trials (a new Tuner, or the interrupted one restored), run by the
-        sweep's pool of long-lived Ray Train worker groups; the ResultGrid. A Ctrl-C
+        sweep's pool of long-lived Ray Train worker groups (`start_pool`, around this);
+        the ResultGrid. A Ctrl-C
         Tune caught, or trials left unrun, raise `SweepInterrupted`."""
         from ray import tune
 
@@ -288,25 +309,36 @@ class Sweep:
             tuner = resume.restore_tuner(self.record, trainable)
         else:
             tuner = _new_tuner(self.opts, trainable, self.name, self.study_path)
-        log = Path(storage_path(self.opts.storage), self.name, console.LOG_FILE)
-        with (
-            self._pool(),
-            console.quiet(log, enabled=not self.opts.verbose),
-            resume.watch_interrupt() as interrupted,
-        ):
+        with resume.watch_interrupt() as interrupted:
             grid = tuner.fit()
         if interrupted() or grid.num_terminated + grid.num_errors < self.opts.total_trials:
             raise resume.SweepInterrupted(self.name)
         return grid
 
-    def _pool(self) -> PoolTrials:
-        """One group of `--workers-per-trial` ranks per concurrent trial, each rank
-        reserving what a trial's rank reserves (CPUs, its GPU share); started once,
-        they run every trial of the sweep (`sweeps.pool`)."""
+    def quiet(self) -> contextlib.AbstractContextManager[None]:
+        """Tune's and Ray's output into `<storage>/<sweep>/sweep.log` (`console.quiet`),
+        unless `--verbose`; the sweep's own lines go to `console.out()`."""
+        log = Path(storage_path(self.opts.storage), self.name, console.LOG_FILE)
+        return console.quiet(log, enabled=not self.opts.verbose)
+
+    def start_pool(self) -> PoolTrials:
+        """The sweep's pool, started now (its groups start in the background), a context
+        manager that closes it: one group of `--workers-per-trial` ranks per concurrent
+        trial (as many as the memory holds: `cluster.groups_in_memory`), each rank
+        reserving what a trial's rank reserves (CPUs, its GPU share); started once, they
+        run every trial of the sweep (`sweeps.pool`)."""
         opts = self.opts
+        wanted = concurrency(opts)
+        groups = cluster.groups_in_memory(wanted, opts.workers_per_trial)
+        if groups < wanted:
+            print(
+                f"Pool: {groups} worker groups, not {wanted}: the cluster's memory holds "
+                f"{groups}; the other trials wait for a free group.",
+                file=console.out(),
+            )
         return PoolTrials(
             pool_body,
-            groups=concurrency(opts),
+            groups=groups,
             storage_path=str(Path(storage_path(opts.storage), "_train")),
             workers_per_group=opts.workers_per_trial,
             resources_per_worker=worker_resources(
@@ -596,7 +628,8 @@ def _score_baselines(
                     client.log_artifact(run_id, str(tsne))
             done[seed] = scores
             if announce:
-                print(f"Baseline ({kind.replace('_', ' ')}, seed {seed}): {fmt_scores(scores)}")
+                line = f"Baseline ({kind.replace('_', ' ')}, seed {seed}): {fmt_scores(scores)}"
+                print(line, file=console.out())
 
 
 def _fmt_baselines(baselines: Baselines, seed: int) -> str:

@@ -162,6 +162,15 @@ def test_gpus_per_trial_without_a_gpu(call, sweep_dirs):
     _no_runs(sweep_dirs)
 
 
+def test_gpu_sweep_of_an_unlisted_aug_strength(call, sweep_dirs, tmp_path):
+    """Each level's bank is computed on the GPU before the trials take it: a range of
+    levels cannot be (said before the missing GPU, which this machine lacks)."""
+    path = _space_file(tmp_path, "params:\n  aug_strength:\n    uniform: [0.2, 0.8]\n")
+    code, err, _ = call("--gpus-per-trial", "1", space=path)
+    _assert_one_line(code, err, "aug_strength must be a choice of levels", "--feature-cache off")
+    _no_runs(sweep_dirs)
+
+
 def test_unreachable_ray_address_fails_fast(call, sweep_dirs):
     port = _closed_port()
     code, err, elapsed = call("--address", f"127.0.0.1:{port}")
