@@ -125,6 +125,25 @@ class SeededOptunaSearch(OptunaSearch):
                 self._seeds_handed[key] = max(self._seeds_handed.get(key, 0), handed)
         super()._setup_study(mode)
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        """FAIL the RUNNING trials of the study on disk that this restored searcher does
+        not hold: the cut-off process asked for them after Tune's last save, so nothing
+        will ever tell them a value (optuna-dashboard would show them running forever).
+        Tune runs their configs again as new trials."""
+        if self._ot_study is None:
+            return
+        from optuna.trial import TrialState
+
+        held = {trial._trial_id for trial in self._ot_trials.values()}
+        storage = self._ot_study._storage
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in held:
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
     def _earlier_trials(self) -> list:
         """The trials already in this study's on-disk storage ([] in memory or new)."""
         if self._storage is None:

@@ -306,9 +306,9 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     assert set(searcher["_ot_trials"]) == set(finished)
     states = [t.state.name for t in searcher["_ot_study"].trials]
     # The study lives on disk: an Optuna trial the SIGKILLed attempt had asked for, which
-    # Tune's last save never knew (it ran that config again as a new trial), stays
-    # RUNNING there; the two configs' values are told once each.
-    assert states.count("COMPLETE") == 2 and set(states) <= {"COMPLETE", "RUNNING"}, states
+    # Tune's last save never knew (it ran that config again as a new trial), is marked
+    # FAIL by the restored searcher; the two configs' values are told once each.
+    assert states.count("COMPLETE") == 2 and set(states) <= {"COMPLETE", "FAIL"}, states
 
 
 FAILING_SPACE = """\

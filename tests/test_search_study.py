@@ -117,6 +117,27 @@ def test_a_trial_rerun_after_a_resume_does_not_tell_optuna_twice(tmp_path):
     assert finished[0].params["predictor_width"] == config["predictor_width"]
 
 
+def test_a_restored_searcher_fails_the_trials_the_cut_off_process_asked_for(tmp_path):
+    """Tune's last save came before a trial was suggested; the process was then killed.
+    The study on disk holds that Optuna trial RUNNING, and nothing will tell it a value:
+    the restored searcher marks it FAIL, and keeps the trials it holds running."""
+    import optuna
+
+    path = tmp_path / STUDY_FILE
+    searcher = _searcher(path, seeds=1)
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last save: knows t0 only
+    searcher.suggest("t1")  # asked for after it, then the process died
+    restored = _searcher(tmp_path / "other.log", seeds=1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(path))
+    by_number = {t.number: t.state.name for t in study.trials}
+    assert by_number == {0: "RUNNING", 1: "FAIL"}, by_number
+    restored.on_trial_complete("t0", {M.SEARCH_METRIC: 0.5})  # t0 still reports
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(path))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
