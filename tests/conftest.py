@@ -1,11 +1,13 @@
-"""Shared fixtures: a temporary MLflow store, Ray storage and embedding cache per test,
-and a way to run the real CLI as a subprocess (as a user would)."""
+"""Shared fixtures: a temporary MLflow store and Ray storage per test, one embedding cache
+and one Ray cluster per session, and a way to run the real CLI as a subprocess (as a
+user would)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +35,29 @@ class SweepDirs:
         ]
 
 
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the whole session. A bank is a pure function of its key
+    (weights, data, views, seed...; `jepa.features.FeatureKey`), so sweeps over the same
+    data share it: the default demo bank alone takes ~40 s to compute on 2 cores. Tests
+    that count the backbone's work make a cache of their own (`fresh_sweep_dirs`)."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
 @pytest.fixture
-def sweep_dirs(tmp_path: Path) -> SweepDirs:
+def sweep_dirs(tmp_path: Path, embedding_cache: Path) -> SweepDirs:
+    """A new MLflow store and Ray storage; the session's embedding cache."""
+    return SweepDirs(
+        root=tmp_path,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage=tmp_path / "ray_results",
+        cache_dir=embedding_cache,
+    )
+
+
+@pytest.fixture
+def fresh_sweep_dirs(tmp_path: Path) -> SweepDirs:
+    """As `sweep_dirs`, with an empty embedding cache of its own."""
     return SweepDirs(
         root=tmp_path,
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -44,9 +67,17 @@ def sweep_dirs(tmp_path: Path) -> SweepDirs:
 
 
 def run_cli(
-    args: list[str], timeout: float = 1200, env: dict | None = None, cwd: Path | None = None
+    args: list[str],
+    timeout: float = 1200,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    cluster: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `python sweeps/run.py ARGS` in a fresh process; returns the completed process."""
+    """Run `python sweeps/run.py ARGS` in a fresh process; returns the completed process.
+    `cluster`: the `ray_cluster` fixture's flags, to join the session's cluster instead
+    of starting one."""
+    if cluster:
+        args, env = [*args, *cluster], {**cluster_env(), **(env or {})}
     full_env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
@@ -57,3 +88,53 @@ def run_cli(
         env=full_env,
         cwd=cwd or ROOT,
     )
+
+
+# A local Ray cluster held by a small Python process: `ray.init` starts it, closing the
+# process's stdin ends it (`ray.shutdown` stops exactly the processes it started, where
+# `ray stop` would stop every cluster on the machine).
+_CLUSTER_HOLDER = """
+import sys
+import ray
+
+context = ray.init(include_dashboard=False, logging_level="ERROR")
+print(context.address_info["gcs_address"], flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[list[str]]:
+    """`--address` flags of one local Ray cluster for the session's sweeps that need no
+    cluster of their own (a sweep joining it works as on a team cluster: its code goes
+    with the job, `sweeps.cluster.job_runtime_env`). Starting and stopping Ray with its
+    dashboard costs a sweep ~10 s on 2 cores; sweeps that test exactly that (Ctrl-C,
+    the dashboard, the printed links) start their own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _CLUSTER_HOLDER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",  # nothing of the project on its path: the sweeps ship their code
+    )
+    address = holder.stdout.readline().strip()
+    if not address:
+        holder.kill()
+        pytest.fail("the session's Ray cluster did not start")
+    try:
+        yield ["--address", address]
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+
+
+def cluster_env() -> dict[str, str]:
+    """What a sweep joining `ray_cluster` needs in its environment: a driver given an
+    address sends the cluster's token (`~/.ray/auth_token`) only when told to."""
+    return {"RAY_AUTH_MODE": "token"}

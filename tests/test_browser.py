@@ -49,19 +49,20 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Store:
+def store(tmp_path_factory, embedding_cache, ray_cluster) -> Store:
     """A store filled by a real 2-trial sweep on the embedded demo."""
     root = tmp_path_factory.mktemp("ui-store")
     dirs = SweepDirs(
         root=root,
         tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         storage=root / "ray_results",
-        cache_dir=root / "cache",
+        cache_dir=embedding_cache,
     )
     args = ["--space", "predictor_width", "--num-samples", "2", "--max-epochs", "2"]
     # Fewer images than the demo's 1,797: the pictures need points, not accuracy.
     data = ["--images-per-class", "40", "--eval-per-class", "30", "--views", "2"]
-    proc = run_cli([*args, *data, *dirs.flags()])
+    data += ["--max-concurrent", "1"]  # one pool group: the second costs more than it saves
+    proc = run_cli([*args, *data, *dirs.flags()], cluster=ray_cluster)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The sweep prints the command that serves this store; the test uses that script.
     assert f"MLFLOW_UI_STORE={dirs.tracking_uri} " in proc.stdout, proc.stdout[-3000:]

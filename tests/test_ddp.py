@@ -85,13 +85,14 @@ def test_vicreg_gives_the_same_loss_and_gradients_on_1_and_2_workers(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_trial_on_cpu(sweep_dirs):
+def test_two_worker_ddp_trial_on_cpu(sweep_dirs, ray_cluster):
     # Imported here: the spawned workers above import this module, and need no MLflow.
     from mlflow.tracking import MlflowClient
 
     proc = run_cli(
         ["--space", "predictor_width", "--num-samples", "1", "--max-epochs", "2"]
-        + ["--views", "2", "--workers-per-trial", "2", *sweep_dirs.flags()]
+        + ["--views", "2", "--workers-per-trial", "2", *sweep_dirs.flags()],
+        cluster=ray_cluster,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

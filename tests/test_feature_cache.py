@@ -247,10 +247,14 @@ fixed:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("concurrent", [1, 4])
-def test_sweep_runs_the_backbone_once_per_level(sweep_dirs, tmp_path, concurrent):
+def test_sweep_runs_the_backbone_once_per_level(
+    fresh_sweep_dirs, tmp_path, concurrent, ray_cluster
+):
     """8 trials over 2 aug_strength levels: the backbone runs exactly
     2 x (V x train images + clean views), whether the trials run one at a time or four
-    at once (four ask for the banks while the first is being computed)."""
+    at once (four ask for the banks while the first is being computed). An empty cache
+    of its own: it counts the backbone's work."""
+    sweep_dirs = fresh_sweep_dirs
     space = tmp_path / "two_levels.yaml"
     space.write_text(SPACE)
     views, per_class, eval_per_class = 2, 5, 2
@@ -277,6 +281,7 @@ def test_sweep_runs_the_backbone_once_per_level(sweep_dirs, tmp_path, concurrent
             *sweep_dirs.flags(),
         ],
         timeout=900,
+        cluster=ray_cluster,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)

@@ -45,9 +45,9 @@ TRIAL_ARTIFACTS = {M.TSNE_ARTIFACT, M.PREDICTOR_ARTIFACT, M.CONFIG_ARTIFACT}
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory) -> Path:
-    """One embedding cache for this module's sweeps (same data, so computed once)."""
-    return tmp_path_factory.mktemp("embedding-cache")
+def shared_cache(embedding_cache) -> Path:
+    """The session's embedding cache (`tests/conftest.py`): same data, computed once."""
+    return embedding_cache
 
 
 # --- without Ray ------------------------------------------------------------------------
@@ -322,7 +322,7 @@ params:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory, shared_cache):
+def failing_sweep(tmp_path_factory, shared_cache, ray_cluster):
     """One sweep with a failing (injected) trial, a diverging one and a normal one.
 
     The sweep's first trials cover every level of the choice parameters (level i of each
@@ -357,6 +357,7 @@ def failing_sweep(tmp_path_factory, shared_cache):
             str(shared_cache),
         ],
         env={"JEPA_INJECT_FAILURE": "trial-raise@predictor_width=64"},
+        cluster=ray_cluster,
     )
     client = MlflowClient(tracking_uri=uri)
     runs = _experiment_runs(client)
@@ -490,7 +491,7 @@ def test_nan_loss_ends_the_trial_early_tagged_diverged(failing_sweep):
 
 
 @pytest.mark.slow
-def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache):
+def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache, ray_cluster):
     proc = run_cli(
         [
             "--space",
@@ -506,6 +507,7 @@ def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache
             *_flags(sweep_dirs, shared_cache),
         ],
         timeout=900,  # 24 processes start on 2 cores
+        cluster=ray_cluster,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]

@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs):
+def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs, ray_cluster):
     proc = run_cli(
         [
             "--space",
@@ -24,7 +24,8 @@ def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs):
             "--views",
             "2",
             *sweep_dirs.flags(),
-        ]
+        ],
+        cluster=ray_cluster,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "status" in proc.stdout and "Sweep summary in run" in proc.stdout

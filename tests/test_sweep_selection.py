@@ -62,15 +62,17 @@ def _val_labels(root: Path) -> dict[str, int]:
     return out
 
 
-def test_a_sweep_whose_test_labels_disagree_picks_by_validation(sweep_dirs, tmp_path):
+def test_a_sweep_whose_test_labels_disagree_picks_by_validation(sweep_dirs, tmp_path, ray_cluster):
     data = _noisy_folder(tmp_path / "tiny-imagenet-200")
     space = tmp_path / "two_widths.yaml"
     space.write_text(SPACE)
     proc = run_cli(
         ["--space", str(space), "--backbone", "demo-vit", "--data", str(data)]
         + ["--num-samples", "2", "--seeds", "2", "--max-epochs", "2", "--views", "2"]
+        + ["--max-concurrent", "1"]  # one pool group: the second costs more than it saves
         + sweep_dirs.flags(),
         timeout=900,
+        cluster=ray_cluster,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)

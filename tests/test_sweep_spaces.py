@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 # A small demo: 10 training, 5 validation and 5 test digits of each class, 2 views.
 SMALL = ["--views", "2", "--images-per-class", "10", "--val-per-class", "5"]
 SMALL += ["--eval-per-class", "5", "--num-samples", "2", "--max-epochs", "1"]
+# One pool group: these trials take ~2 s, a second group ~15 s to start on 2 cores
+# (measured: 43 vs 58 s per sweep). Concurrency is tests/test_reliability.py's subject.
+SMALL += ["--max-concurrent", "1"]
 
 MIXED_SPACE = """\
 description: choice, uniform, loguniform and int in one space
@@ -58,13 +61,15 @@ def _check_sweep(proc, tracking_uri: str, trials_expected: int) -> None:
 
 
 @pytest.mark.parametrize("space", _space_files(), ids=lambda p: p.stem)
-def test_every_shipped_space_sweeps(space, sweep_dirs):
-    proc = run_cli(["--space", space.stem, *SMALL, *sweep_dirs.flags()], timeout=900)
+def test_every_shipped_space_sweeps(space, sweep_dirs, ray_cluster):
+    args = ["--space", space.stem, *SMALL, *sweep_dirs.flags()]
+    proc = run_cli(args, timeout=900, cluster=ray_cluster)
     _check_sweep(proc, sweep_dirs.tracking_uri, 2)
 
 
-def test_a_space_mixing_choice_uniform_loguniform_and_int_sweeps(sweep_dirs, tmp_path):
+def test_a_space_mixing_choice_uniform_loguniform_and_int_sweeps(sweep_dirs, tmp_path, ray_cluster):
     space = tmp_path / "mixed.yaml"
     space.write_text(MIXED_SPACE)
-    proc = run_cli(["--space", str(space), *SMALL, *sweep_dirs.flags()], timeout=900)
+    args = ["--space", str(space), *SMALL, *sweep_dirs.flags()]
+    proc = run_cli(args, timeout=900, cluster=ray_cluster)
     _check_sweep(proc, sweep_dirs.tracking_uri, 2)
