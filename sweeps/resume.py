@@ -327,8 +327,11 @@ def restore_tuner(record: SweepRecord, trainable: Any) -> Any:
     the search generator and the Optuna study (with its history) are unpickled."""
     from ray import tune
 
+    from sweeps import console
+
     history = optuna_history(record.folder)
-    print(f"Tune: restoring {record.folder}; the Optuna sampler's history: {history} trials")
+    line = f"Tune: restoring {record.folder}; the Optuna sampler's history: {history} trials"
+    print(line, file=console.out())  # the console, also while Tune's output goes to the log
     return tune.Tuner.restore(
         str(record.folder), trainable=trainable, resume_unfinished=True, resume_errored=False
     )
