@@ -46,12 +46,14 @@ def quiet(log_path: Path, enabled: bool = True) -> Iterator[None]:
             dispatcher.add_handler(_CACHE_HANDLER, _show_cache_lines)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield
+                try:
+                    yield
+                finally:
+                    _stop_forwarding()  # while the log is still where lines go
         finally:
             if dispatcher is not None:
                 dispatcher.remove_handler(_CACHE_HANDLER)
             _console = None
-            _stop_forwarding()
 
 
 # The embedding cache's lines (what it computes, its progress every 10 s) stay on the
@@ -81,11 +83,18 @@ def _ray_dispatcher() -> Any:
 def _stop_forwarding() -> None:
     """Stop printing what Ray's processes write: after the trials, only their shut-down
     is left (e.g. the trainables' `SystemExit` tracebacks when Ray stops them), which
-    would reach the console once `quiet` ends. Ray's log folder keeps it all."""
+    would reach the console once `quiet` ends. Ray's log folder keeps it all.
+
+    Ray's deduplicator holds back lines that several processes printed alike (both pool
+    groups' "Started training worker group") and `ray.shutdown` prints what it still
+    holds straight to stdout, past the dispatcher: flushed here, into the log."""
     try:
         from ray._private import worker
 
         worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+        for deduplicator in (worker.stdout_deduplicator, worker.stderr_deduplicator):
+            for batch in deduplicator.flush():
+                worker.print_worker_logs(batch, sys.stdout)
     except (ImportError, AttributeError, KeyError, ValueError):
         pass  # another Ray version: the shut-down's lines may show
 
