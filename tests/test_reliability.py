@@ -106,6 +106,29 @@ def test_logging_waits_out_a_locked_sqlite_store(tmp_path):
 # --- real sweeps --------------------------------------------------------------------------
 
 
+def _faulty_sweep(
+    root: Path,
+    name: str,
+    space_text: str,
+    fault: str,
+    cache: Path,
+    extra: tuple[str, ...] = (),
+    cluster: list[str] | None = None,
+) -> tuple[subprocess.CompletedProcess, str]:
+    """A sweep of `space_text` (saved as `<root>/<name>.yaml`) with the injected `fault`
+    (`sweeps.faults`): 3 trials, 2 at once, 2 epochs, one retry, small data, its store
+    and storage in `root`. Returns the process and the tracking URI."""
+    space = root / f"{name}.yaml"
+    space.write_text(space_text)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    args = ["--space", str(space), "--num-samples", "3", "--max-concurrent", "2"]
+    args += ["--max-epochs", "2", "--max-failures", "1", *extra, *SMALL]
+    args += ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
+    args += ["--cache-dir", str(cache)]
+    proc = run_cli(args, env={"JEPA_INJECT_FAILURE": fault}, cluster=cluster)
+    return proc, uri
+
+
 def _flags(sweep_dirs, cache: Path) -> list[str]:
     """Small data, this test's store and storage, the module's embedding cache."""
     return [
@@ -331,32 +354,13 @@ def failing_sweep(tmp_path_factory, shared_cache, ray_cluster):
     that precondition from what was logged.
     """
     root = tmp_path_factory.mktemp("failing")
-    space = root / "failing.yaml"
-    space.write_text(FAILING_SPACE)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    proc = run_cli(
-        [
-            "--space",
-            str(space),
-            "--num-samples",
-            "3",
-            "--max-concurrent",
-            "2",
-            "--max-epochs",
-            "2",
-            "--max-failures",
-            "1",
-            "--seed",
-            "6",
-            *SMALL,
-            "--tracking-uri",
-            uri,
-            "--storage",
-            str(root / "ray_results"),
-            "--cache-dir",
-            str(shared_cache),
-        ],
-        env={"JEPA_INJECT_FAILURE": "trial-raise@predictor_width=64"},
+    proc, uri = _faulty_sweep(
+        root,
+        "failing",
+        FAILING_SPACE,
+        "trial-raise@predictor_width=64",
+        shared_cache,
+        ("--seed", "6"),
         cluster=ray_cluster,
     )
     client = MlflowClient(tracking_uri=uri)
@@ -392,30 +396,8 @@ def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(tmp_path
     (first attempt only): that attempt's run ends FAILED saying the worker died, Train
     replaces the worker group, Tune retries the trial (--max-failures 1) on the pool, and
     the sweep exits 0 with every trial FINISHED."""
-    space = tmp_path / "kill.yaml"
-    space.write_text(KILL_SPACE)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_cli(
-        [
-            "--space",
-            str(space),
-            "--num-samples",
-            "3",
-            "--max-concurrent",
-            "2",
-            "--max-epochs",
-            "2",
-            "--max-failures",
-            "1",
-            *SMALL,
-            "--tracking-uri",
-            uri,
-            "--storage",
-            str(tmp_path / "ray_results"),
-            "--cache-dir",
-            str(shared_cache),
-        ],
-        env={"JEPA_INJECT_FAILURE": "worker-kill@predictor_width=64"},
+    proc, uri = _faulty_sweep(
+        tmp_path, "kill", KILL_SPACE, "worker-kill@predictor_width=64", shared_cache
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
