@@ -295,8 +295,8 @@ class Sweep:
     def search(self) -> Any:
         """Tune's trials (a new Tuner, or the interrupted one restored), run by the
         sweep's pool of long-lived Ray Train worker groups (`start_pool`, around this);
-        the ResultGrid. A Ctrl-C
-        Tune caught, or trials left unrun, raise `SweepInterrupted`."""
+        the ResultGrid. A Ctrl-C Tune caught, or trials left unrun, raise
+        `SweepInterrupted`."""
         from ray import tune
 
         trainable = tune.with_resources(
