@@ -41,18 +41,21 @@ def quiet(log_path: Path, enabled: bool = True) -> Iterator[None]:
     print(f"Tune and Ray Train output: {log_path} (--verbose shows it here)", flush=True)
     with open(log_path, "a", buffering=1) as log:
         _console = sys.stdout
-        dispatcher = _ray_dispatcher()
-        if dispatcher is not None:
-            dispatcher.add_handler(_CACHE_HANDLER, _show_cache_lines)
+        ray_worker = _ray_worker()
+        if ray_worker is not None:
+            ray_worker.global_worker_stdstream_dispatcher.add_handler(
+                _CACHE_HANDLER, _show_cache_lines
+            )
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 try:
                     yield
                 finally:
-                    _stop_forwarding()  # while the log is still where lines go
+                    if ray_worker is not None:  # while the log is still where lines go
+                        _stop_forwarding(ray_worker)
         finally:
-            if dispatcher is not None:
-                dispatcher.remove_handler(_CACHE_HANDLER)
+            if ray_worker is not None:
+                ray_worker.global_worker_stdstream_dispatcher.remove_handler(_CACHE_HANDLER)
             _console = None
 
 
@@ -70,17 +73,19 @@ def _show_cache_lines(data: dict[str, Any]) -> None:
             print(line, file=_console, flush=True)
 
 
-def _ray_dispatcher() -> Any:
-    """Ray's dispatcher of the lines its processes print (None in another Ray version)."""
+def _ray_worker() -> Any:
+    """Ray's driver module that forwards what Ray's processes print: its dispatcher of
+    line batches and its deduplicators (None where a Ray version lacks them)."""
     try:
         from ray._private import worker
-
-        return worker.global_worker_stdstream_dispatcher
-    except (ImportError, AttributeError):
+    except ImportError:
         return None
+    needed = ("global_worker_stdstream_dispatcher", "print_worker_logs")
+    needed += ("stdout_deduplicator", "stderr_deduplicator")
+    return worker if all(hasattr(worker, name) for name in needed) else None
 
 
-def _stop_forwarding() -> None:
+def _stop_forwarding(worker: Any) -> None:
     """Stop printing what Ray's processes write: after the trials, only their shut-down
     is left (e.g. the trainables' `SystemExit` tracebacks when Ray stops them), which
     would reach the console once `quiet` ends. Ray's log folder keeps it all.
@@ -88,15 +93,10 @@ def _stop_forwarding() -> None:
     Ray's deduplicator holds back lines that several processes printed alike (both pool
     groups' "Started training worker group") and `ray.shutdown` prints what it still
     holds straight to stdout, past the dispatcher: flushed here, into the log."""
-    try:
-        from ray._private import worker
-
-        worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
-        for deduplicator in (worker.stdout_deduplicator, worker.stderr_deduplicator):
-            for batch in deduplicator.flush():
-                worker.print_worker_logs(batch, sys.stdout)
-    except (ImportError, AttributeError, KeyError, ValueError):
-        pass  # another Ray version: the shut-down's lines may show
+    worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    for deduplicator in (worker.stdout_deduplicator, worker.stderr_deduplicator):
+        for batch in deduplicator.flush():
+            worker.print_worker_logs(batch, sys.stdout)
 
 
 class TrialLines(Callback):
