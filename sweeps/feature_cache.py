@@ -4,19 +4,25 @@ Trials ask the actor for the bank of their `aug_strength`; the actor's methods r
 at a time, so when several trials ask for the same key at once the first computes it
 and the others get the same object. Banks travel through the Ray object store (a trial
 on another node gets them from there) and persist on disk in `FeatureStore`.
+
+torch, timm and `jepa.features` are imported inside the methods: a process that only
+holds a handle (a Tune trial's trainable, `ray.get_actor`) loads this actor's class, and
+Ray pickles a decorated class by value, with the globals its methods use. Imported at
+the top, they cost each trainable ~5 s of CPU and ~0.75 GB (`test_layers` checks).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 
-from jepa.backbones import BackboneSpec, FrozenBackbone, build_backbone
-from jepa.data import ImageDataset
-from jepa.features import FeatureBank, FeatureKey, FeatureStore, compute_bank, compute_mode
+if TYPE_CHECKING:
+    from jepa.backbones import BackboneSpec, FrozenBackbone
+    from jepa.data import ImageDataset
+    from jepa.features import FeatureBank, FeatureKey
 
 
 # num_gpus in the decorator (the share actually used comes from `.options`), and
@@ -32,6 +38,9 @@ def _compute_on_gpu(
     a GPU for the whole sweep would starve the trials on a 1-GPU machine (Ray hides the
     GPUs from actors that reserve none). No deadlock: a trial asks for its bank before
     its Train workers take their GPU share."""
+    from jepa.backbones import build_backbone
+    from jepa.features import compute_bank
+
     return compute_bank(build_backbone(backbone), dataset, aug_strength, n_views, seed, "cuda")
 
 
@@ -51,6 +60,10 @@ class FeatureCacheActor:
     ) -> None:
         # The actor reserves no CPU so that it never blocks trials, but it is the only
         # thing running while trials wait for it: let torch use every core.
+        import torch
+
+        from jepa.features import FeatureStore
+
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         self.store = FeatureStore(cache_dir)
         self.backbone_spec, self.dataset = backbone, dataset
@@ -66,6 +79,8 @@ class FeatureCacheActor:
         self.disk_hits = 0
 
     def _key(self, aug_strength: float, n_views: int) -> FeatureKey:
+        from jepa.features import FeatureKey, compute_mode
+
         return FeatureKey(
             weights_hash=self.weights_hash,
             encoder=self.backbone_spec.encoder,
@@ -79,6 +94,8 @@ class FeatureCacheActor:
 
     def backbone(self) -> FrozenBackbone:
         if self._backbone is None:
+            from jepa.backbones import build_backbone
+
             self._backbone = build_backbone(self.backbone_spec)
         return self._backbone
 
@@ -99,6 +116,8 @@ class FeatureCacheActor:
         return [self._banks[aug_strength, n_views]]
 
     def _load_or_compute(self, aug_strength: float, n_views: int) -> FeatureBank:
+        from jepa.features import compute_bank
+
         key = self._key(aug_strength, n_views)
         start = time.monotonic()
 
