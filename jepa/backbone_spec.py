@@ -10,6 +10,8 @@ from pathlib import Path
 
 DEMO = "demo-vit"
 IJEPA = "ijepa"
+NAMES = (DEMO, IJEPA)
+"""Every backbone `jepa.backbones.BACKBONES` builds, by name."""
 
 
 @dataclass(frozen=True)

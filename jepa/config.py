@@ -13,6 +13,8 @@ from typing import Any
 from jepa.errors import UserInputError
 
 OBJECTIVES = ("cross_view", "stopgrad", "ema", "vicreg")
+DEFAULT_VIEWS = 8
+"""Augmented views per training image in an embedding bank (`--views`)."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from jepa.config import DEFAULT_VIEWS as DEFAULT_VIEWS  # defined there (light), named here too
+
 if TYPE_CHECKING:  # imported where used: a trial reading a bank needs neither timm nor
     # torchvision, and importing them costs a trial's process seconds
     from jepa.batch_augment import BatchViews
@@ -31,7 +33,6 @@ if TYPE_CHECKING:  # imported where used: a trial reading a bank needs neither t
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VIEWS = 8
 # 2: on the CPU, views are made a block at a time (`BatchViews`): same recipe, other draws.
 # 3: the key names the compute mode (`compute_mode`); on a GPU the loader hands over uint8
 #    crops, normalised on the GPU.

@@ -1,5 +1,6 @@
-"""What to load (`DatasetSpec`), the loaded splits (`ImageDataset`) and balanced subsets:
-the types `jepa.data` and `jepa.tiny_imagenet` share.
+"""What to load (`DatasetSpec`, defined in `jepa.dataset_spec`), the loaded splits
+(`ImageDataset`) and balanced subsets: the types `jepa.data` and `jepa.tiny_imagenet`
+share.
 """
 
 from __future__ import annotations
@@ -9,28 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Defined in jepa.dataset_spec (light: a command line is checked without torch), named
+# here too.
+from jepa.dataset_spec import DIGITS as DIGITS
+from jepa.dataset_spec import DatasetSpec as DatasetSpec
 from jepa.errors import UserInputError
-
-DIGITS = "digits"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What to load: `source` is `digits` or the path of a Tiny-ImageNet-200 folder."""
-
-    source: str = DIGITS
-    images_per_class: int | None = None
-    """Training images per class; None = all (digits) or 10 (Tiny-ImageNet, the seed's 2,000)."""
-    eval_per_class: int | None = None
-    """Test images per class; None = all."""
-    val_per_class: int | None = None
-    """Validation images per class; None = all (digits) or 10 (Tiny-ImageNet)."""
-    seed: int = 0
-    skip_bad_images: bool = False
-
-    @property
-    def is_demo(self) -> bool:
-        return self.source == DIGITS
 
 
 @dataclass

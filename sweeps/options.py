@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jepa.backbones import BACKBONES, DEMO, IJEPA, BackboneSpec
-from jepa.config import TrialConfig
-from jepa.data import DatasetSpec
+from jepa.backbone_spec import DEMO, IJEPA, NAMES, BackboneSpec
+from jepa.config import DEFAULT_VIEWS, TrialConfig
+from jepa.dataset_spec import DatasetSpec
 from jepa.errors import UserInputError
-from jepa.features import DEFAULT_VIEWS
 from sweeps.paths import (
     DEFAULT_CACHE,
     DEFAULT_CHECKPOINT,
@@ -101,7 +100,7 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("backbone and data")
     model.add_argument(
         "--backbone",
-        choices=("auto", *BACKBONES),
+        choices=("auto", *NAMES),
         default="auto",
         help=f"auto: {IJEPA} when the checkpoint is found, else {DEMO}",
     )
