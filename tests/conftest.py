@@ -138,3 +138,52 @@ def cluster_env() -> dict[str, str]:
     """What a sweep joining `ray_cluster` needs in its environment: a driver given an
     address sends the cluster's token (`~/.ray/auth_token`) only when told to."""
     return {"RAY_AUTH_MODE": "token"}
+
+
+# Two augmentation levels x two widths: the eight concurrent trials ask for both banks.
+TWO_LEVELS_SPACE = """\
+description: Two augmentation levels (test).
+params:
+  aug_strength:
+    choice: [0.25, 0.75]
+  predictor_width:
+    choice: [16, 32]
+fixed:
+  batch_size: 25
+"""
+
+
+@dataclass
+class ConcurrentSweep:
+    """The session's eight-trials-at-once sweep (`concurrent_sweep`)."""
+
+    proc: subprocess.CompletedProcess
+    dirs: SweepDirs
+    views: int
+    images_per_class: int
+    eval_per_class: int
+
+
+@pytest.fixture(scope="session")
+def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
+    """8 trials at once over two aug_strength levels, 2 epochs each, from an empty
+    embedding cache of its own, on the session's cluster. One sweep for two subjects, as
+    it costs ~2-3 minutes on 2 cores (6 pool groups start): concurrent logging to sqlite
+    (tests/test_reliability.py) and the backbone running once per level while eight
+    trials ask for the banks at once (tests/test_feature_cache.py)."""
+    root = tmp_path_factory.mktemp("concurrent")
+    dirs = SweepDirs(
+        root=root,
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        storage=root / "ray_results",
+        cache_dir=root / "cache",
+    )
+    space = root / "two_levels.yaml"
+    space.write_text(TWO_LEVELS_SPACE)
+    views, per_class, eval_per_class = 2, 20, 10
+    args = ["--space", str(space), "--num-samples", "8", "--max-concurrent", "8"]
+    args += ["--cpus-per-worker", "0.25", "--max-epochs", "2", "--views", str(views)]
+    args += ["--images-per-class", str(per_class), "--eval-per-class", str(eval_per_class)]
+    args += ["--val-per-class", str(eval_per_class)]
+    proc = run_cli([*args, *dirs.flags()], timeout=900, cluster=ray_cluster)
+    return ConcurrentSweep(proc, dirs, views, per_class, eval_per_class)

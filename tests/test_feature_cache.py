@@ -25,7 +25,7 @@ from jepa.features import (
     compute_mode,
 )
 from sweeps.spaces import list_spaces, load_space
-from tests.conftest import run_cli
+from tests.conftest import TWO_LEVELS_SPACE, run_cli
 
 KEY = FeatureKey(
     weights_hash="w" * 64,
@@ -233,30 +233,16 @@ def test_corrupted_real_bank_is_recomputed(tmp_path, real, damage):
     assert store.load(key) is not None  # and the store holds a good copy again
 
 
-SPACE = """\
-description: Two augmentation levels (test).
-params:
-  aug_strength:
-    choice: [0.25, 0.75]
-  predictor_width:
-    choice: [16, 32]
-fixed:
-  batch_size: 25
-"""
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("concurrent", [1, 4])
-def test_sweep_runs_the_backbone_once_per_level(
-    fresh_sweep_dirs, tmp_path, concurrent, ray_cluster
+def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(
+    fresh_sweep_dirs, tmp_path, ray_cluster
 ):
-    """8 trials over 2 aug_strength levels: the backbone runs exactly
-    2 x (V x train images + clean views), whether the trials run one at a time or four
-    at once (four ask for the banks while the first is being computed). An empty cache
-    of its own: it counts the backbone's work."""
+    """8 trials over 2 aug_strength levels, one at a time: the backbone runs exactly
+    2 x (V x train images + clean views). An empty cache of its own: it counts the
+    backbone's work."""
     sweep_dirs = fresh_sweep_dirs
     space = tmp_path / "two_levels.yaml"
-    space.write_text(SPACE)
+    space.write_text(TWO_LEVELS_SPACE)
     views, per_class, eval_per_class = 2, 5, 2
     proc = run_cli(
         [
@@ -275,14 +261,24 @@ def test_sweep_runs_the_backbone_once_per_level(
             "--val-per-class",
             str(eval_per_class),
             "--max-concurrent",
-            str(concurrent),
-            "--cpus-per-worker",
-            "0.5",  # so that four one-worker trials fit on a 2-CPU machine at once
+            "1",
             *sweep_dirs.flags(),
         ],
         timeout=900,
         cluster=ray_cluster,
     )
+    _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class)
+
+
+@pytest.mark.slow
+def test_sweep_runs_the_backbone_once_per_level_eight_trials_at_once(concurrent_sweep):
+    """The same with eight trials at once (the session's `concurrent_sweep`), which ask
+    for the two banks while the first is being computed."""
+    c = concurrent_sweep
+    _check_once_per_level(c.proc, c.dirs, c.views, c.images_per_class, c.eval_per_class)
+
+
+def _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")

@@ -473,24 +473,10 @@ def test_nan_loss_ends_the_trial_early_tagged_diverged(failing_sweep):
 
 
 @pytest.mark.slow
-def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache, ray_cluster):
-    proc = run_cli(
-        [
-            "--space",
-            "predictor_width",
-            "--num-samples",
-            "8",
-            "--max-concurrent",
-            "8",
-            "--cpus-per-worker",
-            "0.25",
-            "--max-epochs",
-            "2",
-            *_flags(sweep_dirs, shared_cache),
-        ],
-        timeout=900,  # 24 processes start on 2 cores
-        cluster=ray_cluster,
-    )
+def test_eight_concurrent_trials_on_sqlite_lose_nothing(concurrent_sweep):
+    """8 trials at once (the session's `concurrent_sweep`, tests/conftest.py), their
+    runs, metrics and artifacts written to one sqlite store at the same time."""
+    proc, sweep_dirs = concurrent_sweep.proc, concurrent_sweep.dirs
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "database is locked" not in output
@@ -505,4 +491,4 @@ def test_eight_concurrent_trials_on_sqlite_lose_nothing(sweep_dirs, shared_cache
         steps = [m.step for m in client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)]
         assert steps == [1, 2]
         assert TRIAL_ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert "predictor_width" in run.data.params
+        assert {"predictor_width", "aug_strength"} <= set(run.data.params)
