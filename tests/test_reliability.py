@@ -391,13 +391,20 @@ params:
 
 
 @pytest.mark.slow
-def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(tmp_path, shared_cache):
+def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(
+    tmp_path, shared_cache, ray_cluster
+):
     """The pool worker running the width-64 trial SIGKILLs itself after its first epoch
     (first attempt only): that attempt's run ends FAILED saying the worker died, Train
     replaces the worker group, Tune retries the trial (--max-failures 1) on the pool, and
     the sweep exits 0 with every trial FINISHED."""
     proc, uri = _faulty_sweep(
-        tmp_path, "kill", KILL_SPACE, "worker-kill@predictor_width=64", shared_cache
+        tmp_path,
+        "kill",
+        KILL_SPACE,
+        "worker-kill@predictor_width=64",
+        shared_cache,
+        cluster=ray_cluster,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
