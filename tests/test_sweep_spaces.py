@@ -5,13 +5,14 @@ Parametrised over the folder, so a new space file is covered without a new test.
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from jepa import metrics as M
-from sweeps.spaces import SPACES_DIR, list_spaces
+from sweeps.spaces import list_spaces
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -37,10 +38,6 @@ params:
 """
 
 
-def _space_files() -> list[Path]:
-    return [SPACES_DIR / f"{name}.yaml" for name in list_spaces()]
-
-
 def _check_sweep(proc, tracking_uri: str, trials_expected: int) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -60,16 +57,48 @@ def _check_sweep(proc, tracking_uri: str, trials_expected: int) -> None:
     assert kinds == [M.BASELINE_RAW, M.BASELINE_UNTRAINED]
 
 
-@pytest.mark.parametrize("space", _space_files(), ids=lambda p: p.stem)
-def test_every_shipped_space_sweeps(space, sweep_dirs, ray_cluster):
-    args = ["--space", space.stem, *SMALL, *sweep_dirs.flags()]
-    proc = run_cli(args, timeout=900, cluster=ray_cluster)
-    _check_sweep(proc, sweep_dirs.tracking_uri, 2)
+# Two sweeps at a time on the session's 2-CPU cluster (one pool group each): a tiny sweep
+# keeps 2 cores ~70% busy (imports, process starts, waits); two at once fill the rest.
+AT_ONCE = 2
+MIXED = "mixed"
 
 
-def test_a_space_mixing_choice_uniform_loguniform_and_int_sweeps(sweep_dirs, tmp_path, ray_cluster):
-    space = tmp_path / "mixed.yaml"
-    space.write_text(MIXED_SPACE)
-    args = ["--space", str(space), *SMALL, *sweep_dirs.flags()]
-    proc = run_cli(args, timeout=900, cluster=ray_cluster)
-    _check_sweep(proc, sweep_dirs.tracking_uri, 2)
+def _wanted(request) -> list[str]:
+    """The spaces whose tests this session runs from this module (`-k` may pick fewer)."""
+    wanted = []
+    for item in request.session.items:
+        if item.module is not request.module:
+            continue
+        callspec = getattr(item, "callspec", None)
+        wanted.append(callspec.params["space"] if callspec else MIXED)
+    return wanted
+
+
+@pytest.fixture(scope="module")
+def space_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster):
+    """{space: Future of (process, tracking URI)}: one sweep per space this module's
+    selected tests check, all submitted at once, `AT_ONCE` running at a time."""
+    mixed = tmp_path_factory.mktemp("mixed-space") / "mixed.yaml"
+    mixed.write_text(MIXED_SPACE)
+
+    def sweep(space: str) -> tuple[subprocess.CompletedProcess, str]:
+        root = tmp_path_factory.mktemp(f"space-{space}")
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        flags = ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
+        flags += ["--cache-dir", str(embedding_cache)]
+        name = str(mixed) if space == MIXED else space
+        return run_cli(["--space", name, *SMALL, *flags], timeout=900, cluster=ray_cluster), uri
+
+    with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        yield {space: pool.submit(sweep, space) for space in _wanted(request)}
+
+
+@pytest.mark.parametrize("space", list_spaces())
+def test_every_shipped_space_sweeps(space, space_sweeps):
+    proc, uri = space_sweeps[space].result()
+    _check_sweep(proc, uri, 2)
+
+
+def test_a_space_mixing_choice_uniform_loguniform_and_int_sweeps(space_sweeps):
+    proc, uri = space_sweeps[MIXED].result()
+    _check_sweep(proc, uri, 2)
