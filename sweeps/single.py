@@ -14,6 +14,8 @@ the run's backbone again (checking both against the hashes the run logged) and
 recomputes the probe, kNN, collapse metrics and the t-SNE picture.
 
 Both exit 0 on success, 2 on bad input (one line on stderr), 1 on any other failure.
+Light to import: torch, timm and scikit-learn come with the functions that compute, so
+that `--help` and a bad flag answer at once.
 """
 
 from __future__ import annotations
@@ -25,24 +27,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa import metrics as M
-from jepa.backbones import DEMO, IJEPA, BackboneSpec, build_backbone, weights_hash
-from jepa.config import OBJECTIVES, TrialConfig
-from jepa.data import DatasetSpec, describe, load_dataset
+from jepa.backbone_spec import DEMO, IJEPA, BackboneSpec
+from jepa.config import DEFAULT_VIEWS, OBJECTIVES, TrialConfig
+from jepa.dataset_spec import DatasetSpec
 from jepa.errors import UserInputError, first_line
-from jepa.evaluate import clean_bank, evaluate_representation, load_predictor, raw_probe_accuracy
-from jepa.features import (
-    DEFAULT_VIEWS,
-    FeatureBank,
-    FeatureKey,
-    FeatureStore,
-    compute_bank,
-    compute_mode,
-)
-from jepa.train import EvalSet, train_predictor
-from jepa.views import CachedViewPairs
 from sweeps import lifecycle, tracking
 from sweeps.mlflow_conventions import DatasetRef
 from sweeps.options import (
@@ -58,6 +49,9 @@ from sweeps.options import (
     device,
     source_options,
 )
+
+if TYPE_CHECKING:
+    from jepa.features import FeatureBank
 
 # The commands as DESIGN.md documents them (and as --help and the hints print them).
 TRAIN = "python -m jepa.train"
@@ -159,6 +153,12 @@ def single_options(args: argparse.Namespace) -> SingleOptions:
 
 def train_single(opts: SingleOptions) -> SingleResult:
     """Train and evaluate `opts.config` in this process, logged as one MLflow run."""
+    from jepa.backbones import weights_hash
+    from jepa.data import describe, load_dataset
+    from jepa.evaluate import raw_probe_accuracy
+    from jepa.train import EvalSet, train_predictor
+    from jepa.views import CachedViewPairs
+
     cfg, spec = opts.config, opts.source
     dataset = load_dataset(spec.dataset)
     backbone_hash = weights_hash(spec.backbone)
@@ -211,6 +211,9 @@ def train_single(opts: SingleOptions) -> SingleResult:
 def _bank(opts: SingleOptions, dataset: Any, backbone_hash: str) -> tuple[FeatureBank, int]:
     """(the bank, backbone forward passes spent on it): the same on-disk cache a sweep
     uses, so a run with a sweep's settings and seed reuses its embeddings."""
+    from jepa.backbones import build_backbone
+    from jepa.features import FeatureKey, FeatureStore, compute_bank, compute_mode
+
     cfg, store = opts.config, FeatureStore(opts.cache_dir)
     backbone = build_backbone(opts.source.backbone)
     key = FeatureKey(
@@ -323,6 +326,10 @@ def reevaluate_run(
     device: str = "cpu",
 ) -> Reevaluation:
     """Recompute a logged run's evaluation from its `predictor.pt`."""
+    from jepa.backbones import build_backbone
+    from jepa.data import load_dataset
+    from jepa.evaluate import clean_bank, evaluate_representation, load_predictor
+
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         if not db.is_file():  # MLflow would create an empty store there
@@ -386,6 +393,8 @@ def _run_backbone(tags: dict[str, str], params: dict[str, str], checkpoint: str 
     else:
         raise UserInputError(f"the run's backbone tag {M.TAG_BACKBONE}={tag!r} is not known here")
     logged = params.get("backbone_sha256")
+    from jepa.backbones import weights_hash
+
     if logged and weights_hash(spec) != logged:
         raise UserInputError(
             f"backbone weights differ from the run's (SHA-256 {logged[:12]}...); "

@@ -119,18 +119,23 @@ print(heavy)
     assert proc.stdout.strip() == "[]"
 
 
-def test_the_sweep_cli_answers_help_and_bad_flags_without_the_heavy_imports():
-    """`--help`, `--list-spaces`, a mistyped flag or space: answered before torch, timm,
-    Ray or MLflow are imported (~6 s of a 2-core machine's CPU, once per command)."""
+def test_the_clis_answer_help_and_bad_flags_without_the_heavy_imports():
+    """`--help`, `--list-spaces`, a mistyped flag or space, of the sweep and of the single
+    run: answered before torch, timm, Ray or MLflow are imported (~6 s of a 2-core
+    machine's CPU, once per command)."""
     code = """
 import contextlib, io, sys
+from sweeps import single
 from sweeps.cli import main
 codes = []
 for argv in (["--list-spaces"], ["--space", "nope"], ["--space", "full", "--views", "1"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         codes.append(main(argv))
-with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
-    main(["--help"])
+for run, argv in ((main, ["--help"]), (single.main, ["train", "--help"]),
+                  (single.main, ["evaluate", "--help"]), (single.main, ["train", "--lr", "x"])):
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        run(argv)
 heavy = sorted(m for m in ("torch", "timm", "ray", "mlflow", "sklearn") if m in sys.modules)
 print(codes, heavy)
 """
