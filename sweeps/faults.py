@@ -9,6 +9,8 @@
                                  the pool worker running such a trial kills itself
                                  (SIGKILL) after its first epoch, on the trial's first
                                  attempt only: a worker lost mid-trial
+    trial-raise@predictor_width=64,worker-kill@predictor_width=96
+                                 several, comma-separated: each for its own trials
 
 `trial-raise`'s error is raised in the pool worker after the trial's MLflow run started,
 so it travels the path a real bug takes: the body fails, the trial's trainable marks the
@@ -57,11 +59,29 @@ class Fault:
         return self.kind if self.key is None else f"{self.kind}@{self.key}={self.value}"
 
 
-def from_env() -> Fault | None:
-    """The fault `JEPA_INJECT_FAILURE` names, or None; a malformed value is bad input."""
+@dataclass(frozen=True)
+class Faults:
+    """The faults `JEPA_INJECT_FAILURE` names (one or more, comma-separated)."""
+
+    parts: tuple[Fault, ...]
+
+    def maybe_raise(self, config: dict[str, Any], attempt: int = 1) -> None:
+        for fault in self.parts:
+            fault.maybe_raise(config, attempt)
+
+    def spec(self) -> str:
+        return ",".join(fault.spec() for fault in self.parts)
+
+
+def from_env() -> Faults | None:
+    """The faults `JEPA_INJECT_FAILURE` names, or None; a malformed value is bad input."""
     text = os.environ.get(ENV, "").strip()
     if not text:
         return None
+    return Faults(tuple(_parse(part.strip()) for part in text.split(",")))
+
+
+def _parse(text: str) -> Fault:
     kind, _, condition = text.partition("@")
     if kind not in KINDS:
         raise UserInputError(f"{ENV}={text}: unknown fault {kind!r}; known: {', '.join(KINDS)}")

@@ -65,7 +65,7 @@ class Prepared:
     fingerprint: dict[str, Any]
     previous: tuple[resume.SweepState, Path] | None
     experiment_id: str
-    fault: faults.Fault | None
+    fault: faults.Faults | None
 
     def run_tags(self, opts: SweepOptions) -> dict[str, str]:
         """Tags every run of the sweep gets: backbone and data set."""

@@ -22,7 +22,7 @@ import ray
 from jepa import metrics as M
 from jepa.config import TrialConfig
 from sweeps import lifecycle, pool, tracking
-from sweeps.faults import Fault
+from sweeps.faults import Faults
 from sweeps.mlflow_conventions import DatasetRef
 from sweeps.resume import close_earlier_attempts
 
@@ -75,7 +75,7 @@ class TrialJob:
     backbone: BackboneSpec | None = None
     """Only with the cache off; unpickling it would import timm in the worker."""
     baseline_probe_accuracy: dict[int, float] = field(default_factory=dict)
-    fault: Fault | None = None
+    fault: Faults | None = None
     """A test's injected failure (`sweeps.faults`), else None."""
     attempt: int = 1
     """Which attempt of the trial this is (1, then 2... when Tune retries it)."""

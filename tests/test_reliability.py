@@ -106,29 +106,6 @@ def test_logging_waits_out_a_locked_sqlite_store(tmp_path):
 # --- real sweeps --------------------------------------------------------------------------
 
 
-def _faulty_sweep(
-    root: Path,
-    name: str,
-    space_text: str,
-    fault: str,
-    cache: Path,
-    extra: tuple[str, ...] = (),
-    cluster: list[str] | None = None,
-) -> tuple[subprocess.CompletedProcess, str]:
-    """A sweep of `space_text` (saved as `<root>/<name>.yaml`) with the injected `fault`
-    (`sweeps.faults`): 3 trials, 2 at once, 2 epochs, one retry, small data, its store
-    and storage in `root`. Returns the process and the tracking URI."""
-    space = root / f"{name}.yaml"
-    space.write_text(space_text)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    args = ["--space", str(space), "--num-samples", "3", "--max-concurrent", "2"]
-    args += ["--max-epochs", "2", "--max-failures", "1", *extra, *SMALL]
-    args += ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
-    args += ["--cache-dir", str(cache)]
-    proc = run_cli(args, env={"JEPA_INJECT_FAILURE": fault}, cluster=cluster)
-    return proc, uri
-
-
 def _flags(sweep_dirs, cache: Path) -> list[str]:
     """Small data, this test's store and storage, the module's embedding cache."""
     return [
@@ -334,78 +311,46 @@ def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_
     assert states.count("COMPLETE") == 2 and set(states) <= {"COMPLETE", "FAIL"}, states
 
 
-FAILING_SPACE = """\
-description: test space; width 64 fails (injected), lr 1e30 diverges for real
+FAULTY_SPACE = """\
+description: test space; width 64 fails (injected), width 96's pool worker is killed
+  (injected, first attempt), lr 1e30 diverges for real
 params:
   predictor_width:
-    choice: [64, 128, 128]
+    choice: [64, 96, 128, 128]
   lr:
-    choice: [1.0e-3, 1.0e-3, 1.0e30]
+    choice: [1.0e-3, 1.0e-3, 1.0e-3, 1.0e30]
 """
+FAULTS = "trial-raise@predictor_width=64,worker-kill@predictor_width=96"
+
+
+def _kind(attempts: list) -> str:
+    """Which fault a trial (its runs, one per attempt) was given, from its logged params."""
+    params = attempts[0].data.params
+    if float(params["lr"]) > 1:
+        return "nan"
+    return {"64": "fail", "96": "kill"}.get(params["predictor_width"], "ok")
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory, shared_cache, ray_cluster):
-    """One sweep with a failing (injected) trial, a diverging one and a normal one.
+def faulty_sweep(tmp_path_factory, shared_cache, ray_cluster):
+    """One sweep, 2 trials at once, one retry, with a trial that fails (injected), one
+    whose pool worker SIGKILLs itself after its first epoch (injected, first attempt
+    only), one diverging and one normal: {kind: that trial's runs, one per attempt}.
 
     The sweep's first trials cover every level of the choice parameters (level i of each
-    in trial i: `SearchSpace.coverage_points`), so the three trials are (64, 1e-3),
-    (128, 1e-3) and (128, 1e30) whatever Optuna's sampler would draw; the tests check
-    that precondition from what was logged.
+    in trial i: `SearchSpace.coverage_points`), so the four trials are (64, 1e-3),
+    (96, 1e-3), (128, 1e-3) and (128, 1e30) whatever Optuna's sampler would draw; the
+    fixture checks that precondition from what was logged.
     """
-    root = tmp_path_factory.mktemp("failing")
-    proc, uri = _faulty_sweep(
-        root,
-        "failing",
-        FAILING_SPACE,
-        "trial-raise@predictor_width=64",
-        shared_cache,
-        ("--seed", "6"),
-        cluster=ray_cluster,
-    )
-    client = MlflowClient(tracking_uri=uri)
-    runs = _experiment_runs(client)
-    trials: dict[str, list] = {}
-    for run in runs:
-        if run.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL:
-            trials.setdefault(run.data.tags[M.TAG_TRIAL_ID], []).append(run)
-    parent = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_SWEEP)
-    kinds = Counter(
-        "fail"
-        if a[0].data.params["predictor_width"] == "64"
-        else "nan"
-        if float(a[0].data.params["lr"]) > 1
-        else "ok"
-        for a in trials.values()
-    )
-    assert kinds == {"fail": 1, "nan": 1, "ok": 1}, f"precondition: sampled {kinds}"
-    return proc, client, trials, parent
-
-
-KILL_SPACE = """\
-description: test space; the pool worker running width 64 is killed (injected) once
-params:
-  predictor_width:
-    choice: [64, 128, 128]
-"""
-
-
-@pytest.mark.slow
-def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(
-    tmp_path, shared_cache, ray_cluster
-):
-    """The pool worker running the width-64 trial SIGKILLs itself after its first epoch
-    (first attempt only): that attempt's run ends FAILED saying the worker died, Train
-    replaces the worker group, Tune retries the trial (--max-failures 1) on the pool, and
-    the sweep exits 0 with every trial FINISHED."""
-    proc, uri = _faulty_sweep(
-        tmp_path,
-        "kill",
-        KILL_SPACE,
-        "worker-kill@predictor_width=64",
-        shared_cache,
-        cluster=ray_cluster,
-    )
+    root = tmp_path_factory.mktemp("faulty")
+    space = root / "faulty.yaml"
+    space.write_text(FAULTY_SPACE)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    args = ["--space", str(space), "--num-samples", "4", "--max-concurrent", "2", "--seed", "6"]
+    args += ["--max-epochs", "2", "--max-failures", "1", *SMALL]
+    args += ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
+    args += ["--cache-dir", str(shared_cache)]
+    proc = run_cli(args, env={"JEPA_INJECT_FAILURE": FAULTS}, cluster=ray_cluster)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = _experiment_runs(client)
@@ -413,30 +358,38 @@ def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(
     for run in runs:
         if run.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL:
             trials.setdefault(run.data.tags[M.TAG_TRIAL_ID], []).append(run)
-    assert len(trials) == 3
-    (killed,) = [a for a in trials.values() if a[0].data.params["predictor_width"] == "64"]
-    by_attempt = {r.data.tags[M.TAG_ATTEMPT]: r for r in killed}
-    assert sorted(by_attempt) == ["1", "2"]
-    first, second = by_attempt["1"], by_attempt["2"]
+    kinds = Counter(_kind(a) for a in trials.values())
+    assert kinds == {"fail": 1, "kill": 1, "nan": 1, "ok": 1}, f"precondition: sampled {kinds}"
+    by_kind = {_kind(a): a for a in trials.values()}
+    parent = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_SWEEP)
+    return proc, client, by_kind, parent
+
+
+@pytest.mark.slow
+def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(faulty_sweep):
+    """The pool worker running the width-96 trial SIGKILLs itself after its first epoch
+    (first attempt only): that attempt's run ends FAILED saying the worker died, Train
+    replaces the worker group, Tune retries the trial (--max-failures 1) on the pool, and
+    the sweep exits 0 with every other trial as its own fault left it."""
+    proc, client, by_kind, parent = faulty_sweep
+    attempts = {r.data.tags[M.TAG_ATTEMPT]: r for r in by_kind["kill"]}
+    assert sorted(attempts) == ["1", "2"]
+    first, second = attempts["1"], attempts["2"]
     assert first.info.status == "FAILED"
     reason = Path(client.download_artifacts(first.info.run_id, "traceback.txt")).read_text()
     assert "PoolWorkerDied" in reason and "died while running trial" in reason, reason
     # The first attempt logged its first epoch before the worker died.
     assert [m.step for m in client.get_metric_history(first.info.run_id, M.TRAIN_LOSS)] == [1]
     assert second.info.status == "FINISHED" and M.PROBE_ACCURACY in second.data.metrics
-    others = [a for a in trials.values() if a is not killed]
-    assert all([r.info.status for r in a] == ["FINISHED"] for a in others)
-    parent = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_SWEEP)
+    for kind in ("ok", "nan"):
+        assert [r.info.status for r in by_kind[kind]] == ["FINISHED"], kind
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["finished_trials"] == 3
-    assert parent.data.metrics["failed_trials"] == 0
 
 
 @pytest.mark.slow
-def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(failing_sweep):
-    proc, client, trials, parent = failing_sweep
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    failing = next(a for a in trials.values() if a[0].data.params["predictor_width"] == "64")
+def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(faulty_sweep):
+    proc, client, by_kind, parent = faulty_sweep
+    failing = by_kind["fail"]
     # --max-failures 1: two attempts, each its own FAILED run with its traceback.
     assert sorted(r.data.tags[M.TAG_ATTEMPT] for r in failing) == ["1", "2"]
     for run in failing:
@@ -444,25 +397,21 @@ def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(failing_swee
         path = client.download_artifacts(run.info.run_id, "traceback.txt")
         assert "InjectedFailure" in Path(path).read_text()
         _assert_steps_unique(client, run)
-    others = [a for a in trials.values() if a is not failing]
-    assert all([r.info.status for r in a] == ["FINISHED"] for a in others)
+    for kind in ("ok", "nan"):
+        assert [r.info.status for r in by_kind[kind]] == ["FINISHED"], kind
     assert parent.info.status == "FINISHED"
+    # The killed trial's retry finished: only the injected failure counts as failed.
     assert parent.data.metrics["failed_trials"] == 1
-    assert parent.data.metrics["finished_trials"] == 2
-    assert re.search(r"2 trials finished \(\d collapsed, 1 diverged\), 1 failed", proc.stdout)
+    assert parent.data.metrics["finished_trials"] == 3
+    assert re.search(r"3 trials finished \(\d collapsed, 1 diverged\), 1 failed", proc.stdout)
     table = proc.stdout[proc.stdout.index("probe_acc") :]
     assert "failed" in table and "traceback.txt" in table
 
 
 @pytest.mark.slow
-def test_nan_loss_ends_the_trial_early_tagged_diverged(failing_sweep):
-    proc, client, trials, parent = failing_sweep
-    (diverged,) = [
-        a
-        for a in trials.values()
-        if float(a[0].data.params["lr"]) > 1 and a[0].data.params["predictor_width"] == "128"
-    ]
-    (run,) = diverged
+def test_nan_loss_ends_the_trial_early_tagged_diverged(faulty_sweep):
+    proc, client, by_kind, parent = faulty_sweep
+    (run,) = by_kind["nan"]
     assert run.info.status == "FINISHED"
     assert run.data.tags[M.TAG_STATUS] == STATUS_DIVERGED
     losses = client.get_metric_history(run.info.run_id, M.TRAIN_LOSS)
@@ -470,13 +419,9 @@ def test_nan_loss_ends_the_trial_early_tagged_diverged(failing_sweep):
     assert math.isnan(losses[0].value)
     assert M.PROBE_ACCURACY not in run.data.metrics  # nothing to probe
     assert parent.data.metrics["diverged_trials"] == 1
-    (normal,) = [
-        a
-        for a in trials.values()
-        if float(a[0].data.params["lr"]) < 1 and a[0].data.params["predictor_width"] == "128"
-    ]
-    assert normal[0].data.tags[M.TAG_STATUS] != STATUS_DIVERGED
-    assert M.PROBE_ACCURACY in normal[0].data.metrics
+    (normal,) = by_kind["ok"]
+    assert normal.data.tags[M.TAG_STATUS] != STATUS_DIVERGED
+    assert M.PROBE_ACCURACY in normal.data.metrics
 
 
 @pytest.mark.slow
