@@ -91,7 +91,9 @@ def test_two_worker_ddp_trial_on_cpu(sweep_dirs, ray_cluster):
 
     proc = run_cli(
         ["--space", "predictor_width", "--num-samples", "1", "--max-epochs", "2"]
-        + ["--views", "2", "--workers-per-trial", "2", *sweep_dirs.flags()],
+        + ["--views", "2", "--workers-per-trial", "2", *sweep_dirs.flags()]
+        # The end-to-end and objective sweeps' data: one bank in the session's cache.
+        + ["--images-per-class", "30"],
         cluster=ray_cluster,
     )
     log = proc.stdout + proc.stderr
