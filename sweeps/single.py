@@ -379,6 +379,8 @@ def _get_run(client, run_id: str, uri: str):
 
 
 def _run_backbone(tags: dict[str, str], params: dict[str, str], checkpoint: str | None):
+    from jepa.backbones import weights_hash
+
     tag = tags.get(M.TAG_BACKBONE, "")
     if tag == DEMO:
         spec = BackboneSpec(name=DEMO)
@@ -393,8 +395,6 @@ def _run_backbone(tags: dict[str, str], params: dict[str, str], checkpoint: str 
     else:
         raise UserInputError(f"the run's backbone tag {M.TAG_BACKBONE}={tag!r} is not known here")
     logged = params.get("backbone_sha256")
-    from jepa.backbones import weights_hash
-
     if logged and weights_hash(spec) != logged:
         raise UserInputError(
             f"backbone weights differ from the run's (SHA-256 {logged[:12]}...); "

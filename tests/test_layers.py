@@ -144,3 +144,11 @@ print(codes, heavy)
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0, 2, 2] []"
+
+
+def test_the_light_backbone_names_are_the_registrys():
+    """`--backbone` offers `jepa.backbone_spec.NAMES` (no torch); `jepa.backbones` builds."""
+    from jepa.backbone_spec import NAMES
+    from jepa.backbones import BACKBONES
+
+    assert tuple(BACKBONES) == NAMES
