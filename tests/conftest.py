@@ -24,6 +24,16 @@ class SweepDirs:
     storage: Path
     cache_dir: Path
 
+    @classmethod
+    def under(cls, root: Path, cache_dir: Path | None = None) -> SweepDirs:
+        """A sqlite store and Ray storage in `root`; `cache_dir`, else `root/cache`."""
+        return cls(
+            root=root,
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            storage=root / "ray_results",
+            cache_dir=cache_dir or root / "cache",
+        )
+
     def flags(self) -> list[str]:
         return [
             "--tracking-uri",
@@ -47,23 +57,13 @@ def embedding_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def sweep_dirs(tmp_path: Path, embedding_cache: Path) -> SweepDirs:
     """A new MLflow store and Ray storage; the session's embedding cache."""
-    return SweepDirs(
-        root=tmp_path,
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage=tmp_path / "ray_results",
-        cache_dir=embedding_cache,
-    )
+    return SweepDirs.under(tmp_path, embedding_cache)
 
 
 @pytest.fixture
 def fresh_sweep_dirs(tmp_path: Path) -> SweepDirs:
     """As `sweep_dirs`, with an empty embedding cache of its own."""
-    return SweepDirs(
-        root=tmp_path,
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage=tmp_path / "ray_results",
-        cache_dir=tmp_path / "cache",
-    )
+    return SweepDirs.under(tmp_path)
 
 
 def run_cli(
@@ -171,14 +171,8 @@ def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
     it costs ~2-3 minutes on 2 cores (6 pool groups start): concurrent logging to sqlite
     (tests/test_reliability.py) and the backbone running once per level while eight
     trials ask for the banks at once (tests/test_feature_cache.py)."""
-    root = tmp_path_factory.mktemp("concurrent")
-    dirs = SweepDirs(
-        root=root,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        storage=root / "ray_results",
-        cache_dir=root / "cache",
-    )
-    space = root / "two_levels.yaml"
+    dirs = SweepDirs.under(tmp_path_factory.mktemp("concurrent"))
+    space = dirs.root / "two_levels.yaml"
     space.write_text(TWO_LEVELS_SPACE)
     views, per_class, eval_per_class = 2, 20, 10
     args = ["--space", str(space), "--num-samples", "8", "--max-concurrent", "8"]

@@ -51,13 +51,7 @@ class Server:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, embedding_cache, ray_cluster) -> Store:
     """A store filled by a real 2-trial sweep on the embedded demo."""
-    root = tmp_path_factory.mktemp("ui-store")
-    dirs = SweepDirs(
-        root=root,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        storage=root / "ray_results",
-        cache_dir=embedding_cache,
-    )
+    dirs = SweepDirs.under(tmp_path_factory.mktemp("ui-store"), embedding_cache)
     args = ["--space", "predictor_width", "--num-samples", "2", "--max-epochs", "2"]
     # Fewer images than the demo's 1,797: the pictures need points, not accuracy.
     data = ["--images-per-class", "40", "--eval-per-class", "30", "--views", "2"]

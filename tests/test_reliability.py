@@ -30,7 +30,7 @@ from jepa.config import TrialConfig
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import search, tracking
-from tests.conftest import ROOT, RUN, run_cli
+from tests.conftest import ROOT, RUN, SweepDirs, run_cli
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
 TRIAL_METRICS = (
@@ -342,15 +342,13 @@ def faulty_sweep(tmp_path_factory, shared_cache, ray_cluster):
     (96, 1e-3), (128, 1e-3) and (128, 1e30) whatever Optuna's sampler would draw; the
     fixture checks that precondition from what was logged.
     """
-    root = tmp_path_factory.mktemp("faulty")
-    space = root / "faulty.yaml"
+    dirs = SweepDirs.under(tmp_path_factory.mktemp("faulty"), shared_cache)
+    space = dirs.root / "faulty.yaml"
     space.write_text(FAULTY_SPACE)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     args = ["--space", str(space), "--num-samples", "4", "--max-concurrent", "2", "--seed", "6"]
-    args += ["--max-epochs", "2", "--max-failures", "1", *SMALL]
-    args += ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
-    args += ["--cache-dir", str(shared_cache)]
+    args += ["--max-epochs", "2", "--max-failures", "1", *SMALL, *dirs.flags()]
     proc = run_cli(args, env={"JEPA_INJECT_FAILURE": FAULTS}, cluster=ray_cluster)
+    uri = dirs.tracking_uri
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = _experiment_runs(client)

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from jepa import metrics as M
 from sweeps.spaces import list_spaces
-from tests.conftest import run_cli
+from tests.conftest import SweepDirs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +82,10 @@ def space_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster):
     mixed.write_text(MIXED_SPACE)
 
     def sweep(space: str) -> tuple[subprocess.CompletedProcess, str]:
-        root = tmp_path_factory.mktemp(f"space-{space}")
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        flags = ["--tracking-uri", uri, "--storage", str(root / "ray_results")]
-        flags += ["--cache-dir", str(embedding_cache)]
+        dirs = SweepDirs.under(tmp_path_factory.mktemp(f"space-{space}"), embedding_cache)
         name = str(mixed) if space == MIXED else space
-        return run_cli(["--space", name, *SMALL, *flags], timeout=900, cluster=ray_cluster), uri
+        args = ["--space", name, *SMALL, *dirs.flags()]
+        return run_cli(args, timeout=900, cluster=ray_cluster), dirs.tracking_uri
 
     with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
         yield {space: pool.submit(sweep, space) for space in _wanted(request)}
