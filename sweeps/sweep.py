@@ -98,7 +98,7 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
     # Rank 0 reports probe_accuracy only after the last epoch (Tune's strict metric
     # check would reject the epochs before), and the trials use Ray Train V2: the
     # processes this sweep starts inherit JOB_ENV; it ends with the sweep.
-    with tracking.scoped_environ(cluster.JOB_ENV):
+    with tracking.scoped_environ(cluster.JOB_ENV), cluster.driver_threads():
         started_ray = cluster.init_ray(opts.address, opts.tracking_uri)
         try:
             cluster.check_gpus(opts.gpus_per_trial)
