@@ -1,8 +1,10 @@
 """sweeps/pool.py: Tune trials run by long-lived Ray Train worker groups.
 
-One local Ray cluster (2 CPUs) for the module; each test starts a pool of two groups
-and runs a small Tune experiment through it with a trivial body (a few sleeps and rows),
-so what is checked is the pool's plumbing: rows in order, stopping, a killed worker.
+One local Ray cluster (2 CPUs) and one pool of two groups for the module, as a sweep
+has one pool for all its trials (a group takes ~8 s to start here); each test runs a
+small Tune experiment through it with a trivial body (a few sleeps and rows), so what is
+checked is the pool's plumbing: rows in order, stopping, a killed worker (last: it
+replaces a worker). The unloadable body gets a pool of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def cluster():
     # The bodies below live in this test module, which the pool's workers cannot
     # import (pytest put tests/ on the path of this process only): ship them by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, namespace="test-pool", log_to_driver=False)
+    # 3 logical CPUs on the 2 cores: the module's pool holds 2 (one per group) for all the
+    # tests, the unloadable body's pool of one group needs a third.
+    ray.init(num_cpus=3, include_dashboard=False, namespace="test-pool", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -91,19 +95,33 @@ def grid(tmp_path: Path, xs, **extra):
     return {"x": tune.grid_search(list(xs)), **with_defaults(flags, **extra)}
 
 
-def tune_through_pool(tmp_path, name, param_space, pool_kwargs=None, **run_kwargs):
+@pytest.fixture(scope="module")
+def pool(cluster, tmp_path_factory):
+    """The module's pool of two groups running `counting_body`, once both have started
+    (so that a test counting restarts sees every first start before it begins)."""
+    with make_pool(tmp_path_factory.mktemp("pool"), "shared") as started:
+        deadline = time.monotonic() + 300
+        while len(started.starts()) < 2:
+            assert time.monotonic() < deadline, (
+                f"the pool's groups did not start: {started.starts()}"
+            )
+            time.sleep(0.5)
+        yield started
+
+
+def tune_through_pool(tmp_path, pool, param_space, **run_kwargs):
+    """Tune `param_space` through `pool`; returns the results and, after them, the
+    pool's starts per group (cumulative over the module's tests)."""
     from ray import tune
 
-    with make_pool(tmp_path, name, **(pool_kwargs or {})) as pool:
-        tuner = tune.Tuner(
-            tune.with_resources(pool.trainable(), {"cpu": 0, "memory": 64 * 1024**2}),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=2),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0, **run_kwargs),
-        )
-        results = tuner.fit()
-        starts = pool.starts()
-    return results, starts
+    tuner = tune.Tuner(
+        tune.with_resources(pool.trainable(), {"cpu": 0, "memory": 64 * 1024**2}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0, **run_kwargs),
+    )
+    results = tuner.fit()
+    return results, pool.starts()
 
 
 def rows_of(result) -> list[dict]:
@@ -111,22 +129,23 @@ def rows_of(result) -> list[dict]:
     return df.to_dict("records") if df is not None else []
 
 
-def test_rows_arrive_in_order_and_workers_outlive_trials(cluster, tmp_path):
-    results, starts = tune_through_pool(tmp_path, "order", grid(tmp_path, range(6)))
+def test_rows_arrive_in_order_and_workers_outlive_trials(pool, tmp_path):
+    results, starts = tune_through_pool(tmp_path, pool, grid(tmp_path, range(6)))
     assert results.num_errors == 0 and len(results) == 6
     pids = set()
     for result in results:
         steps = [int(r["step"]) for r in rows_of(result)]
         assert steps == list(range(STEPS + 1)), steps  # every row, in order, once
         pids |= {int(r["worker_pid"]) for r in rows_of(result)}
-    # Six trials, two groups of one worker each: two processes ran all of them.
+    # Six trials, two groups of one worker each: two processes ran all of them (and the
+    # trials of the tests before, which kill no worker).
     assert len(pids) == 2, pids
     assert starts == {0: 1, 1: 1}
     last = [rows_of(r)[-1]["worker_trials"] for r in results]
     assert sum(max(0, n - 1) for n in last) > 0  # some worker kept state between trials
 
 
-def test_a_stopped_trial_stops_its_work(cluster, tmp_path):
+def test_a_stopped_trial_stops_its_work(pool, tmp_path):
     from ray import tune
 
     def stop(trial_id: str, result: dict) -> bool:  # x=0 is stopped at its second row
@@ -134,7 +153,7 @@ def test_a_stopped_trial_stops_its_work(cluster, tmp_path):
 
     space = grid(tmp_path, [0, 1, 2])
     space["steps"] = tune.sample_from(lambda spec: 200 if spec.config.x == 0 else STEPS)
-    results, _ = tune_through_pool(tmp_path, "stop", space, stop=stop)
+    results, _ = tune_through_pool(tmp_path, pool, space, stop=stop)
     assert results.num_errors == 0
     by_x = {int(r.config["x"]): r for r in results}
     assert int(rows_of(by_x[0])[-1]["step"]) < 10  # Tune stopped it early
@@ -145,13 +164,14 @@ def test_a_stopped_trial_stops_its_work(cluster, tmp_path):
         assert int(rows_of(by_x[x])[-1]["step"]) == STEPS
 
 
-def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(cluster, tmp_path):
+def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(pool, tmp_path):
     from ray import tune
 
     space = grid(tmp_path, range(4))
     space["kill"] = tune.sample_from(lambda spec: spec.config.x == 2)
+    before = pool.starts()
     results, starts = tune_through_pool(
-        tmp_path, "kill", space, failure_config=tune.FailureConfig(max_failures=1)
+        tmp_path, pool, space, failure_config=tune.FailureConfig(max_failures=1)
     )
     assert results.num_errors == 0 and len(results) == 4
     killed = int((tmp_path / "flags" / "killed-2").read_text())
@@ -161,16 +181,12 @@ def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(cluster, tmp_path)
     # The retried trial ran on a new process; the dead one was replaced once.
     retried = next(r for r in results if int(r.config["x"]) == 2)
     assert int(rows_of(retried)[-1]["worker_pid"]) != killed
-    assert sorted(starts.values()) == [1, 2]
+    assert sorted(starts[g] - before.get(g, 0) for g in starts) == [0, 1]
 
 
 def test_trials_fail_instead_of_waiting_when_no_group_can_start(cluster, tmp_path):
-    results, starts = tune_through_pool(
-        tmp_path,
-        "unloadable",
-        grid(tmp_path, range(2)),
-        pool_kwargs={"body": Unloadable(), "groups": 1, "restarts": 1},
-    )
+    with make_pool(tmp_path, "unloadable", body=Unloadable(), groups=1, restarts=1) as own:
+        results, starts = tune_through_pool(tmp_path, own, grid(tmp_path, range(2)))
     assert results.num_errors == 2
     for result in results:
         assert "every pool group failed" in str(result.error) or "cannot be loaded" in str(
