@@ -24,7 +24,7 @@ from jepa.errors import UserInputError
 from jepa.evaluate import evaluate_representation, load_predictor, untrained_predictor
 from jepa.features import FeatureBank
 from sweeps import cluster, console, faults, pictures, resume, tracking
-from sweeps.feature_cache import FeatureCacheActor
+from sweeps.feature_cache import CACHE_ENV, FeatureCacheActor
 from sweeps.mlflow_conventions import (
     DatasetRef,
     closing_lines,
@@ -230,6 +230,7 @@ class Sweep:
             namespace=cluster.NAMESPACE,
             lifetime=None,
             num_gpus=0,  # GPU work runs in short tasks: see feature_cache._compute_on_gpu
+            runtime_env={"env_vars": dict(CACHE_ENV)},
         ).remote(
             opts.cache_dir,
             opts.backbone,
