@@ -1,6 +1,6 @@
 """Shared fixtures: a temporary MLflow store and Ray storage per test, one embedding cache
-and one Ray cluster per session, and a way to run the real CLI as a subprocess (as a
-user would)."""
+and one Ray cluster per session, and two ways to run the CLI: as a subprocess (as a user
+would) and, for input it rejects before Ray starts, its `main` in this process."""
 
 from __future__ import annotations
 
@@ -88,6 +88,25 @@ def run_cli(
         env=full_env,
         cwd=cwd or ROOT,
     )
+
+
+@pytest.fixture
+def main_in_process(capsys, monkeypatch):
+    """`sweeps.cli.main(argv)` in this process: returns (exit code, stdout, stderr lines).
+    `sweeps/run.py` only hands `main`'s value to `sys.exit`; a new Python importing torch,
+    timm and MLflow costs ~5 s per case. For input rejected before Ray starts."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("JEPA_INJECT_FAILURE", raising=False)
+
+    def run(argv: list[str]) -> tuple[int, str, list[str]]:
+        from sweeps.cli import main
+
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err.strip().splitlines()
+
+    return run
 
 
 # A local Ray cluster held by a small Python process: `ray.init` starts it, closing the

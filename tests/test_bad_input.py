@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeps.cli import main
-
 VALID_SPACE = """\
 description: valid
 params:
@@ -28,21 +26,17 @@ params:
 
 
 @pytest.fixture
-def call(sweep_dirs, capsys, monkeypatch):
-    """Run `main([...flags, *args])` into the test's store; returns (code, stderr lines)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("JEPA_INJECT_FAILURE", raising=False)
+def call(sweep_dirs, main_in_process):
+    """Run `main([...flags, *args])` into the test's store; returns (code, stderr lines,
+    seconds)."""
 
     def run(*args: str, space: str | None = "predictor_width", flags: bool = True):
         argv = (["--space", space] if space else []) + list(args)
         if flags:
             argv += sweep_dirs.flags()
         start = time.monotonic()
-        code = main(argv)
-        elapsed = time.monotonic() - start
-        err = capsys.readouterr().err.strip().splitlines()
-        return code, err, elapsed
+        code, _, err = main_in_process(argv)
+        return code, err, time.monotonic() - start
 
     return run
 
