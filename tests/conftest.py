@@ -99,7 +99,12 @@ def main_in_process(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("JEPA_INJECT_FAILURE", raising=False)
 
-    def run(argv: list[str]) -> tuple[int, str, list[str]]:
+    def run(argv: list[str], new_process: bool = False) -> tuple[int, str, list[str]]:
+        """`new_process`: `python sweeps/run.py argv` instead, as a user runs it, whose
+        stderr also holds whatever its imports print."""
+        if new_process:
+            proc = run_cli(argv, timeout=180)
+            return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()
         from sweeps.cli import main
 
         code = main(argv)
