@@ -48,9 +48,10 @@ def driver_threads(n: int = 1) -> Iterator[None]:
     starts each worker with OMP_NUM_THREADS = its CPUs. Yet the driver scores the
     baselines and draws the summary while they run, and a process started by the user
     would use a thread per core: a thread pool wider than the free cores spins at every
-    barrier for a thread that is not scheduled. Measured on 2 busy cores (2026-11-30):
-    the baselines' probe (10 small L-BFGS fits) took 13 s in a sweep, 0.5 s on one
-    thread; the probe alone, 1.6 s on 2 threads vs 0.05 s on 1.
+    barrier for a thread that is not scheduled. Measured on 2 busy cores (2026-11-30,
+    cProfile of a tiny sweep's driver): the baselines' probe (10 small L-BFGS fits) took
+    11.8 s, 1.3 s on one thread (most of it torch's one-time import of torch._dynamo);
+    the probe alone, 1.6 s on 2 threads beside a busy process vs 0.05 s on 1.
     """
     import torch
     from threadpoolctl import threadpool_limits
