@@ -1,6 +1,6 @@
 """sweeps/pool.py: Tune trials run by long-lived Ray Train worker groups.
 
-One local Ray cluster (2 CPUs) and one pool of two groups for the module, as a sweep
+One local Ray cluster (3 logical CPUs) and one pool of two groups for the module, as a sweep
 has one pool for all its trials (a group takes ~8 s to start here); each test runs a
 small Tune experiment through it with a trivial body (a few sleeps and rows), so what is
 checked is the pool's plumbing: rows in order, stopping, a killed worker (last: it
