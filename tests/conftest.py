@@ -121,7 +121,7 @@ _CLUSTER_HOLDER = """
 import sys
 import ray
 
-context = ray.init(include_dashboard=False, logging_level="ERROR")
+context = ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
 print(context.address_info["gcs_address"], flush=True)
 sys.stdin.read()
 ray.shutdown()
@@ -134,7 +134,9 @@ def ray_cluster() -> Iterator[list[str]]:
     cluster of their own (a sweep joining it works as on a team cluster: its code goes
     with the job, `sweeps.cluster.job_runtime_env`). Starting and stopping Ray with its
     dashboard costs a sweep ~10 s on 2 cores; sweeps that test exactly that (Ctrl-C,
-    the dashboard, the printed links) start their own."""
+    the dashboard, the printed links) start their own. 3 logical CPUs on the 2 cores:
+    the shared sweeps (`shared_sweeps`) run two at a time, one of them with 2 pool
+    groups; the sweeps here that take the default `--max-concurrent` state theirs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     holder = subprocess.Popen(
         [sys.executable, "-c", _CLUSTER_HOLDER],
@@ -205,3 +207,27 @@ def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
     args += ["--val-per-class", str(eval_per_class)]
     proc = run_cli([*args, *dirs.flags()], timeout=900, cluster=ray_cluster)
     return ConcurrentSweep(proc, dirs, views, per_class, eval_per_class)
+
+
+@pytest.fixture(scope="session")
+def shared_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster) -> dict:
+    """{name: SharedSweep} of the session's shared demo sweeps (tests/shared_sweeps.py):
+    the ones the session's selected tests name with `@pytest.mark.shared_sweep(NAME)`,
+    all run (two at a time) when the first is asked for, before any test reads one."""
+    from tests.shared_sweeps import MARKER, run_shared_sweeps
+
+    wanted: list[str] = []
+    for item in request.session.items:
+        for mark in item.iter_markers(MARKER):
+            if mark.args[0] not in wanted:
+                wanted.append(mark.args[0])
+    root = tmp_path_factory.mktemp("shared-sweeps")
+    return run_shared_sweeps(wanted, root, embedding_cache, ray_cluster)
+
+
+@pytest.fixture
+def shared_sweep(request, shared_sweeps):
+    """The shared sweep this test names with `@pytest.mark.shared_sweep(NAME)`."""
+    mark = request.node.get_closest_marker("shared_sweep")
+    assert mark is not None, "mark the test @pytest.mark.shared_sweep(NAME)"
+    return shared_sweeps[mark.args[0]]

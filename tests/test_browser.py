@@ -1,7 +1,7 @@
-"""The MLflow UI as a person sees it: a real 2-trial sweep, `mlflow/serve.sh` over its
-store on a free loopback port, and headless Chromium walking the README's "Compare trials"
-steps. Screenshots land in test-output/ (mlflow-trials.png, mlflow-compare.png,
-mlflow-tsne.png)."""
+"""The MLflow UI as a person sees it: the store of a real 7-trial sweep (the session's
+shared predictor_width sweep), `mlflow/serve.sh` over it on a free loopback port, and
+headless Chromium walking the README's "Compare trials" steps. Screenshots land in
+test-output/ (mlflow-trials.png, mlflow-compare.png, mlflow-tsne.png)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from mlflow.tracking import MlflowClient
 
 from jepa import metrics as M
 from tests.chromium import browser_context, screenshot
-from tests.conftest import ROOT, SweepDirs, run_cli
+from tests.conftest import ROOT, SweepDirs
 
-pytestmark = pytest.mark.slow
+SWEEP = "predictor_width"  # the session's shared sweep whose store the UI shows
+pytestmark = [pytest.mark.slow, pytest.mark.shared_sweep(SWEEP)]
 
 SERVE = ROOT / "mlflow" / "serve.sh"
 
@@ -49,21 +50,17 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, embedding_cache, ray_cluster) -> Store:
-    """A store filled by a real 2-trial sweep on the embedded demo."""
-    dirs = SweepDirs.under(tmp_path_factory.mktemp("ui-store"), embedding_cache)
-    args = ["--space", "predictor_width", "--num-samples", "2", "--max-epochs", "2"]
-    # Fewer images than the demo's 1,797: the pictures need points, not accuracy.
-    data = ["--images-per-class", "40", "--eval-per-class", "30", "--views", "2"]
-    data += ["--max-concurrent", "1"]  # one pool group: the second costs more than it saves
-    proc = run_cli([*args, *data, *dirs.flags()], cluster=ray_cluster)
+def store(shared_sweeps) -> Store:
+    """The store the session's 7-trial predictor_width sweep filled (tests/shared_sweeps.py)."""
+    sweep = shared_sweeps[SWEEP]
+    proc, dirs = sweep.proc, sweep.dirs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The sweep prints the command that serves this store; the test uses that script.
     assert f"MLFLOW_UI_STORE={dirs.tracking_uri} " in proc.stdout, proc.stdout[-3000:]
     client = MlflowClient(tracking_uri=dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
     runs = client.search_runs([exp.experiment_id], f"tags.`{M.TAG_ROLE}` = '{M.ROLE_TRIAL}'")
-    assert len(runs) == 2
+    assert len(runs) == sweep.spec.trials
     return Store(
         dirs=dirs,
         experiment_id=exp.experiment_id,
@@ -101,7 +98,7 @@ def page(tmp_path_factory):
         yield context.new_page()
 
 
-def test_experiment_page_lists_both_trials_with_probe_accuracy(store, server, page):
+def test_experiment_page_lists_every_trial_with_probe_accuracy(store, server, page):
     # README "Compare trials": the experiment's runs, in the "Model training" view.
     page.goto(
         f"{server.url}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
@@ -144,7 +141,7 @@ def test_experiment_page_lists_both_trials_with_probe_accuracy(store, server, pa
         shown[run_id] = float(cell.inner_text())
     assert shown == pytest.approx(store.trials)
 
-    # 4. Select both trials: the Compare button appears.
+    # 4. Select every trial: the Compare button appears.
     for run_id in store.trials:
         _row(page, run_id).get_by_role("checkbox").first.check()
     compare = page.get_by_role("button", name="Compare")
@@ -154,7 +151,7 @@ def test_experiment_page_lists_both_trials_with_probe_accuracy(store, server, pa
     page.wait_for_url(re.compile("compare-runs"))
     compared = re.search(r"runs=(\[[^&]*\])", unquote(page.url)).group(1)
     assert set(re.findall(r"[0-9a-f]{32}", compared)) == set(store.trials)
-    page.get_by_text("Comparing 2 Runs").wait_for()
+    page.get_by_text(f"Comparing {len(store.trials)} Runs").wait_for()
     for name in store.names.values():
         page.get_by_text(name, exact=True).first.wait_for()
     screenshot(page, "mlflow-compare.png")
@@ -247,7 +244,7 @@ def _poll(read, expected, timeout_s: float = 30):
 
 
 def _show_trials(page, store: Store, timeout_s: float = 90) -> None:
-    """Wait for both trial rows. The UI may list them flat, or under their sweep's run
+    """Wait for every trial's row. The UI may list them flat, or under their sweep's run
     (it fetches the parents of matching runs); then expand that row, as a person would."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -8,7 +8,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jepa import metrics as M
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +23,13 @@ TRIAL_FINAL = (
 )
 
 
-def test_seven_trial_sweep_logs_the_contract_and_never_repeats_a_trial(sweep_dirs, ray_cluster):
-    # 7 samples over 5 widths: the first 5 cover the widths; the last 2 repeat a width,
-    # and must do so with a new seed. On the session's cluster: the lines a sweep that
-    # starts its own prints (the dashboard's URL and token) are tests/test_dashboard.py's.
-    proc = run_cli(
-        ["--space", "predictor_width", "--num-samples", "7", "--max-epochs", "2"]
-        + ["--views", "2", "--images-per-class", "30", *sweep_dirs.flags()],
-        cluster=ray_cluster,
-    )
+@pytest.mark.shared_sweep("predictor_width")
+def test_seven_trial_sweep_logs_the_contract_and_never_repeats_a_trial(shared_sweep):
+    # The session's predictor_width sweep (tests/shared_sweeps.py): 7 samples over 5
+    # widths, 2 at once; the last 2 repeat a width, and must do so with a new seed. On the
+    # session's cluster: the lines a sweep that starts its own prints (the dashboard's URL
+    # and token) are tests/test_dashboard.py's.
+    proc, sweep_dirs = shared_sweep.proc, shared_sweep.dirs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Running the embedded demo" in out

@@ -7,30 +7,15 @@ from mlflow.tracking import MlflowClient
 from jepa import metrics as M
 from jepa.train import COLLAPSE_STD_FRACTION
 from sweeps.summary import PARALLEL_PNG, TAG_IMPORTANCE, TRIALS_CSV
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(sweep_dirs, ray_cluster):
-    proc = run_cli(
-        [
-            "--space",
-            "objective",
-            "--num-samples",
-            "4",
-            "--max-epochs",
-            "4",
-            "--views",
-            "2",
-            # As the end-to-end sweep's data (the session's cache has its bank): the
-            # checks below hold the verdicts to the logged curves, at any data size.
-            "--images-per-class",
-            "30",
-            *sweep_dirs.flags(),
-        ],
-        cluster=ray_cluster,
-    )
+@pytest.mark.shared_sweep("objective")
+def test_objective_sweep_shows_all_four_with_lift_and_collapse_tags(shared_sweep):
+    # The session's objective sweep (tests/shared_sweeps.py): 4 trials of 4 epochs on the
+    # end-to-end sweep's data; the checks below hold the verdicts to the logged curves.
+    proc, sweep_dirs = shared_sweep.proc, shared_sweep.dirs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "status" in proc.stdout and "Sweep summary in run" in proc.stdout
 
