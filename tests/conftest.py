@@ -211,23 +211,25 @@ def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
 
 @pytest.fixture(scope="session")
 def shared_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster) -> dict:
-    """{name: SharedSweep} of the session's shared demo sweeps (tests/shared_sweeps.py):
-    the ones the session's selected tests name with `@pytest.mark.shared_sweep(NAME)`,
-    all run (two at a time) when the first is asked for, before any test reads one."""
-    from tests.shared_sweeps import MARKER, run_shared_sweeps
+    """{name: SharedSweep} of the session's shared sweeps (tests/shared_sweeps.py): the
+    ones the session's selected tests name with `@pytest.mark.shared_sweep(...)`, all run
+    (two at a time) when the first is asked for, before any test reads one."""
+    from tests.shared_sweeps import MARKER, run_shared_sweeps, spec_of
 
-    wanted: list[str] = []
+    wanted: dict = {}
     for item in request.session.items:
         for mark in item.iter_markers(MARKER):
-            if mark.args[0] not in wanted:
-                wanted.append(mark.args[0])
+            spec = spec_of(mark.args[0])
+            assert wanted.setdefault(spec.name, spec) == spec, f"two sweeps named {spec.name}"
     root = tmp_path_factory.mktemp("shared-sweeps")
-    return run_shared_sweeps(wanted, root, embedding_cache, ray_cluster)
+    return run_shared_sweeps(list(wanted.values()), root, embedding_cache, ray_cluster)
 
 
 @pytest.fixture
 def shared_sweep(request, shared_sweeps):
-    """The shared sweep this test names with `@pytest.mark.shared_sweep(NAME)`."""
+    """The shared sweep this test names with `@pytest.mark.shared_sweep(...)`."""
+    from tests.shared_sweeps import spec_of
+
     mark = request.node.get_closest_marker("shared_sweep")
-    assert mark is not None, "mark the test @pytest.mark.shared_sweep(NAME)"
-    return shared_sweeps[mark.args[0]]
+    assert mark is not None, "mark the test @pytest.mark.shared_sweep(NAME or SweepSpec)"
+    return shared_sweeps[spec_of(mark.args[0]).name]

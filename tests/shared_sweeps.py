@@ -11,15 +11,20 @@ logged reads the session's sweep of that space instead of running its own:
 - `objective` (4 trials, every objective): tests/test_sweep_objective.py, the space sweeps;
 - the other spaces and `mixed` (2 trials each): tests/test_sweep_spaces.py.
 
-A test says which it reads with `@pytest.mark.shared_sweep(NAME)`; the session runs the
-sweeps its selected tests name, `AT_ONCE` at a time, the first time one is asked for.
+A test says which it reads with `@pytest.mark.shared_sweep(NAME)`, or gives a sweep of
+its own to run with them, `@pytest.mark.shared_sweep(SweepSpec(...))` (the sweeps of
+tests/test_sweep_selection.py, tests/test_ddp.py, tests/test_feature_cache.py and
+tests/test_reliability.py that need a space, data or environment of their own); the
+session runs the sweeps its selected tests name, `AT_ONCE` at a time, the first time one
+is asked for.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import SweepDirs, run_cli
@@ -49,37 +54,56 @@ params:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """One shared sweep: its space and the CLI flags besides the stores'."""
+    """One shared sweep: the CLI flags besides the stores' (`prepare(folder)` may make
+    inputs in the sweep's folder and returns more flags), its environment, and the
+    trials it runs. `fresh_cache`: an empty embedding cache of its own (a test that
+    counts the backbone's work), else the session's."""
 
-    space: str
+    name: str
     args: tuple[str, ...]
     trials: int
+    prepare: Callable[[Path], list[str]] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    fresh_cache: bool = False
+
+
+def _mixed(folder: Path) -> list[str]:
+    space = folder / "mixed.yaml"
+    space.write_text(MIXED_SPACE)
+    return ["--space", str(space)]
 
 
 SPECS = {
-    # 7 samples over 5 widths: the first 5 cover the widths; the last 2 repeat a width,
-    # and must do so with a new seed (tests/test_sweep_end_to_end.py). Two pool groups:
-    # two trials ask Optuna at once, as on any machine with 2 CPU slots.
-    "predictor_width": SweepSpec(
-        "predictor_width",
-        ("--num-samples", "7", "--max-epochs", "2", "--views", "2")
-        + ("--images-per-class", "30", "--max-concurrent", "2"),
-        trials=7,
-    ),
-    # The four objectives over 4 epochs, on the same data as predictor_width's (the
-    # session's cache has its bank): the verdicts are checked against the logged curves.
-    "objective": SweepSpec(
-        "objective",
-        ("--num-samples", "4", "--max-epochs", "4", "--views", "2")
-        + ("--images-per-class", "30", "--max-concurrent", "1"),
-        trials=4,
-    ),
+    spec.name: spec
+    for spec in (
+        # 7 samples over 5 widths: the first 5 cover the widths; the last 2 repeat a
+        # width, and must do so with a new seed (tests/test_sweep_end_to_end.py). Two pool
+        # groups: two trials ask Optuna at once, as on any machine with 2 CPU slots.
+        SweepSpec(
+            "predictor_width",
+            ("--space", "predictor_width", "--num-samples", "7", "--max-epochs", "2")
+            + ("--views", "2", "--images-per-class", "30", "--max-concurrent", "2"),
+            trials=7,
+        ),
+        # The four objectives over 4 epochs, on the same data as predictor_width's (the
+        # session's cache has its bank): the verdicts are checked against the logged curves.
+        SweepSpec(
+            "objective",
+            ("--space", "objective", "--num-samples", "4", "--max-epochs", "4")
+            + ("--views", "2", "--images-per-class", "30", "--max-concurrent", "1"),
+            trials=4,
+        ),
+        SweepSpec(MIXED, SMALL, trials=2, prepare=_mixed),
+    )
 }
 
 
-def spec(name: str) -> SweepSpec:
-    """The shared sweep `name`: from SPECS, else a SMALL sweep of that space."""
-    return SPECS.get(name) or SweepSpec(name, SMALL, trials=2)
+def spec_of(named: str | SweepSpec) -> SweepSpec:
+    """A spec given in a test module, or the shared sweep named `named`: from SPECS, else
+    a SMALL sweep of the shipped space of that name."""
+    if isinstance(named, SweepSpec):
+        return named
+    return SPECS.get(named) or SweepSpec(named, ("--space", named, *SMALL), trials=2)
 
 
 @dataclass
@@ -93,29 +117,26 @@ class SharedSweep:
 
 # Two at a time on the session's 3 logical CPUs: a sweep alone keeps 2 cores ~70% busy
 # (imports, process starts, waits); two at once fill the rest (measured: a tiny sweep took
-# ~45 s alone, ~27 s each two at a time), and predictor_width's 2 pool groups fit beside
-# another sweep's 1.
+# ~45 s alone, ~27 s each two at a time), and a sweep with 2 pool groups (or a 2-rank
+# group) fits beside another sweep's 1.
 AT_ONCE = 2
 
 
 def run_shared_sweeps(
-    names: list[str], root: Path, embedding_cache: Path, cluster: list[str]
+    specs: list[SweepSpec], root: Path, embedding_cache: Path, cluster: list[str]
 ) -> dict[str, SharedSweep]:
-    """Run the sweeps `names` (longest first, `AT_ONCE` at a time) on `cluster`, each into
-    a store of its own under `root`, with the session's embedding cache."""
+    """Run `specs` (most trials first, `AT_ONCE` at a time) on `cluster`, each into stores
+    of its own in `root/<name>`; {name: SharedSweep}."""
 
-    def run(name: str) -> SharedSweep:
-        dirs = SweepDirs.under(root / name, embedding_cache)
-        dirs.root.mkdir(parents=True)
-        sweep = spec(name)
-        space = sweep.space
-        if name == MIXED:
-            space = str(dirs.root / "mixed.yaml")
-            Path(space).write_text(MIXED_SPACE)
-        args = ["--space", space, *sweep.args, *dirs.flags()]
-        return SharedSweep(run_cli(args, timeout=900, cluster=cluster), dirs, sweep)
+    def run(spec: SweepSpec) -> SharedSweep:
+        folder = root / spec.name
+        folder.mkdir(parents=True)
+        dirs = SweepDirs.under(folder, None if spec.fresh_cache else embedding_cache)
+        args = [*spec.args, *(spec.prepare(folder) if spec.prepare else []), *dirs.flags()]
+        proc = run_cli(args, timeout=900, env=spec.env or None, cluster=cluster)
+        return SharedSweep(proc, dirs, spec)
 
-    ordered = sorted(names, key=lambda n: -spec(n).trials)
+    ordered = sorted(specs, key=lambda spec: -spec.trials)
     with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
-        futures = {name: pool.submit(run, name) for name in ordered}
+        futures = {spec.name: pool.submit(run, spec) for spec in ordered}
         return {name: future.result() for name, future in futures.items()}

@@ -25,7 +25,8 @@ from jepa.features import (
     compute_mode,
 )
 from sweeps.spaces import list_spaces, load_space
-from tests.conftest import TWO_LEVELS_SPACE, run_cli
+from tests.conftest import TWO_LEVELS_SPACE
+from tests.shared_sweeps import SweepSpec
 
 KEY = FeatureKey(
     weights_hash="w" * 64,
@@ -233,41 +234,33 @@ def test_corrupted_real_bank_is_recomputed(tmp_path, real, damage):
     assert store.load(key) is not None  # and the store holds a good copy again
 
 
-@pytest.mark.slow
-def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(
-    fresh_sweep_dirs, tmp_path, ray_cluster
-):
-    """8 trials over 2 aug_strength levels, one at a time: the backbone runs exactly
-    2 x (V x train images + clean views). An empty cache of its own: it counts the
-    backbone's work."""
-    sweep_dirs = fresh_sweep_dirs
-    space = tmp_path / "two_levels.yaml"
+def _two_levels(folder: Path) -> list[str]:
+    space = folder / "two_levels.yaml"
     space.write_text(TWO_LEVELS_SPACE)
-    views, per_class, eval_per_class = 2, 5, 2
-    proc = run_cli(
-        [
-            "--space",
-            str(space),
-            "--num-samples",
-            "8",
-            "--max-epochs",
-            "1",
-            "--views",
-            str(views),
-            "--images-per-class",
-            str(per_class),
-            "--eval-per-class",
-            str(eval_per_class),
-            "--val-per-class",
-            str(eval_per_class),
-            "--max-concurrent",
-            "1",
-            *sweep_dirs.flags(),
-        ],
-        timeout=900,
-        cluster=ray_cluster,
-    )
-    _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class)
+    return ["--space", str(space)]
+
+
+# 8 trials over 2 aug_strength levels, one at a time, from an empty cache of its own: it
+# counts the backbone's work. Run with the session's shared sweeps (tests/shared_sweeps.py).
+VIEWS, PER_CLASS, EVAL_PER_CLASS = 2, 5, 2
+ONE_AT_A_TIME = SweepSpec(
+    "feature-cache-one-at-a-time",
+    ("--num-samples", "8", "--max-epochs", "1", "--views", str(VIEWS))
+    + ("--images-per-class", str(PER_CLASS), "--eval-per-class", str(EVAL_PER_CLASS))
+    + ("--val-per-class", str(EVAL_PER_CLASS), "--max-concurrent", "1"),
+    trials=8,
+    prepare=_two_levels,
+    fresh_cache=True,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_sweep(ONE_AT_A_TIME)
+def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(shared_sweep):
+    """8 trials over 2 aug_strength levels, one at a time: the backbone runs exactly
+    2 x (V x train images + clean views)."""
+    sweep = shared_sweep
+    _check_once_per_level(sweep.proc, sweep.dirs, VIEWS, PER_CLASS, EVAL_PER_CLASS)
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ from jepa.config import TrialConfig
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import search, tracking
-from tests.conftest import ROOT, RUN, SweepDirs, run_cli
+from tests.conftest import ROOT, RUN, run_cli
+from tests.shared_sweeps import SweepSpec
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
 TRIAL_METRICS = (
@@ -331,8 +332,25 @@ def _kind(attempts: list) -> str:
     return {"64": "fail", "96": "kill"}.get(params["predictor_width"], "ok")
 
 
+def _faulty_space(folder: Path) -> list[str]:
+    space = folder / "faulty.yaml"
+    space.write_text(FAULTY_SPACE)
+    return ["--space", str(space)]
+
+
+# Run with the session's shared sweeps (tests/shared_sweeps.py).
+FAULTY_SWEEP = SweepSpec(
+    "faulty",
+    ("--num-samples", "4", "--max-concurrent", "2", "--seed", "6", "--max-epochs", "2")
+    + ("--max-failures", "1", *SMALL),
+    trials=4,
+    prepare=_faulty_space,
+    env={"JEPA_INJECT_FAILURE": FAULTS},
+)
+
+
 @pytest.fixture(scope="module")
-def faulty_sweep(tmp_path_factory, shared_cache, ray_cluster):
+def faulty_sweep(shared_sweeps):
     """One sweep, 2 trials at once, one retry, with a trial that fails (injected), one
     whose pool worker SIGKILLs itself after its first epoch (injected, first attempt
     only), one diverging and one normal: {kind: that trial's runs, one per attempt}.
@@ -342,12 +360,8 @@ def faulty_sweep(tmp_path_factory, shared_cache, ray_cluster):
     (96, 1e-3), (128, 1e-3) and (128, 1e30) whatever Optuna's sampler would draw; the
     fixture checks that precondition from what was logged.
     """
-    dirs = SweepDirs.under(tmp_path_factory.mktemp("faulty"), shared_cache)
-    space = dirs.root / "faulty.yaml"
-    space.write_text(FAULTY_SPACE)
-    args = ["--space", str(space), "--num-samples", "4", "--max-concurrent", "2", "--seed", "6"]
-    args += ["--max-epochs", "2", "--max-failures", "1", *SMALL, *dirs.flags()]
-    proc = run_cli(args, env={"JEPA_INJECT_FAILURE": FAULTS}, cluster=ray_cluster)
+    sweep = shared_sweeps[FAULTY_SWEEP.name]
+    proc, dirs = sweep.proc, sweep.dirs
     uri = dirs.tracking_uri
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
@@ -364,6 +378,7 @@ def faulty_sweep(tmp_path_factory, shared_cache, ray_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_sweep(FAULTY_SWEEP)
 def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(faulty_sweep):
     """The pool worker running the width-96 trial SIGKILLs itself after its first epoch
     (first attempt only): that attempt's run ends FAILED saying the worker died, Train
@@ -385,6 +400,7 @@ def test_pool_worker_killed_mid_trial_is_retried_and_the_sweep_finishes(faulty_s
 
 
 @pytest.mark.slow
+@pytest.mark.shared_sweep(FAULTY_SWEEP)
 def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(faulty_sweep):
     proc, client, by_kind, parent = faulty_sweep
     failing = by_kind["fail"]
@@ -407,6 +423,7 @@ def test_failing_trial_is_retried_then_failed_and_the_sweep_goes_on(faulty_sweep
 
 
 @pytest.mark.slow
+@pytest.mark.shared_sweep(FAULTY_SWEEP)
 def test_nan_loss_ends_the_trial_early_tagged_diverged(faulty_sweep):
     proc, client, by_kind, parent = faulty_sweep
     (run,) = by_kind["nan"]

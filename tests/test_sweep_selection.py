@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from jepa import metrics as M
-from tests.conftest import run_cli
+from tests.shared_sweeps import SweepSpec
 from tests.test_tiny_imagenet import WNIDS, make_tiny_imagenet
 
 pytestmark = pytest.mark.slow
@@ -62,18 +62,28 @@ def _val_labels(root: Path) -> dict[str, int]:
     return out
 
 
-def test_a_sweep_whose_test_labels_disagree_picks_by_validation(sweep_dirs, tmp_path, ray_cluster):
-    data = _noisy_folder(tmp_path / "tiny-imagenet-200")
-    space = tmp_path / "two_widths.yaml"
+def _inputs(folder: Path) -> list[str]:
+    """The noisy folder and the two-widths space, in the sweep's folder."""
+    data = _noisy_folder(folder / "tiny-imagenet-200")
+    space = folder / "two_widths.yaml"
     space.write_text(SPACE)
-    proc = run_cli(
-        ["--space", str(space), "--backbone", "demo-vit", "--data", str(data)]
-        + ["--num-samples", "2", "--seeds", "2", "--max-epochs", "2", "--views", "2"]
-        + ["--max-concurrent", "1"]  # one pool group: the second costs more than it saves
-        + sweep_dirs.flags(),
-        timeout=900,
-        cluster=ray_cluster,
-    )
+    return ["--space", str(space), "--data", str(data)]
+
+
+# Run with the session's shared sweeps (tests/shared_sweeps.py). One pool group: the
+# second costs more than it saves.
+SWEEP = SweepSpec(
+    "selection-test-labels-disagree",
+    ("--backbone", "demo-vit", "--num-samples", "2", "--seeds", "2", "--max-epochs", "2")
+    + ("--views", "2", "--max-concurrent", "1"),
+    trials=4,
+    prepare=_inputs,
+)
+
+
+@pytest.mark.shared_sweep(SWEEP)
+def test_a_sweep_whose_test_labels_disagree_picks_by_validation(shared_sweep):
+    proc, sweep_dirs = shared_sweep.proc, shared_sweep.dirs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
