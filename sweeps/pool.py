@@ -80,6 +80,7 @@ class Broker:
         self._queue: deque[str] = deque()
         self._running: dict[int, str] = {}  # group -> trial id it runs
         self._starts: dict[int, int] = {}  # group -> worker processes that asked
+        self._placements: dict[int, Any] = {}  # group -> its workers' placement group
         self._closed = False
         self._groups = 0  # groups still running (set by `expect`)
         self._gave_up: str | None = None  # why the last group was given up
@@ -107,17 +108,23 @@ class Broker:
                 self._trials[trial_id].cancelled = True
             self._cond.notify_all()
 
-    def hello(self, group: int) -> None:
-        """A group's rank 0 started (again). A trial its previous process held died
-        with it: fail the trial so that its trainable raises."""
+    def hello(self, group: int, placement: Any = None) -> None:
+        """A group's rank 0 started (again), in `placement` (its placement group). A
+        trial its previous process held died with it: fail the trial so that its
+        trainable raises."""
         with self._cond:
             self._starts[group] = self._starts.get(group, 0) + 1
+            self._placements[group] = placement
             held = self._running.pop(group, None)
             if held is not None and self._trials[held].state == "running":
                 trial = self._trials[held]
                 trial.state = "lost"
                 trial.error = f"pool worker group {group} died while running trial {held}"
             self._cond.notify_all()
+
+    def placement(self, group: int) -> Any:
+        """The placement group `group`'s workers last started in, or None."""
+        return self._placements.get(group)
 
     def next_trial(self, group: int, timeout: float) -> tuple[str, dict[str, Any]] | None:
         """The next live queued trial for `group`, `_STOP` once closed, None on timeout."""
@@ -254,7 +261,7 @@ def _group_loop(config: dict[str, Any]) -> None:
     # the task that drives it.
     body = ray.cloudpickle.loads(config["body"])
     if rank == 0:
-        ray.get(broker.hello.remote(group))
+        ray.get(broker.hello.remote(group, ray.util.get_current_placement_group()))
     state: dict[str, Any] = {}
     while True:
         job = None
@@ -277,15 +284,43 @@ def _group_loop(config: dict[str, Any]) -> None:
             ray.get(broker.finish.remote(trial_id, group, error))
 
 
+def _pool_trainer_class() -> type:
+    """TorchTrainer without Ray Train's PlacementGroupCleaner (Ray >= 2.5x, V2).
+
+    The cleaner is a detached actor per run that asks the state API every second whether
+    the run's controller is alive and removes the run's placement group when the answer
+    is "not found", which it also is when the query misses a live controller: on 2 busy
+    cores, two sweeps at once, it removed a live pool group's placement group, killing
+    its worker mid-trial (twice in one sweep; the trials failed as `PoolWorkerDied`). A
+    pool group runs for the whole sweep, so it would ask ~once a second for all of it.
+    Without it nothing is left behind: the controller removes its placement group when
+    it ends, and when it dies, `_run_group` removes it (`_remove_left_placement`).
+    Where a Ray has no such callback, the plain TorchTrainer."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:
+        return TorchTrainer
+
+    class PoolTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return PoolTrainer
+
+
 @ray.remote(num_cpus=0)
 def _run_group(trainer_kwargs: dict[str, Any]) -> None:
     """Drive one group's TorchTrainer until the pool closes (a task, so that it may
     sit on any node and holds no CPU); tell the broker if Train gives the group up."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     kw = trainer_kwargs
-    trainer = TorchTrainer(
+    trainer = _pool_trainer_class()(
         _group_loop,
         train_loop_config=kw["loop"],
         scaling_config=ScalingConfig(
@@ -301,8 +336,24 @@ def _run_group(trainer_kwargs: dict[str, Any]) -> None:
         trainer.fit()
     except Exception:
         broker = ray.get_actor(kw["loop"]["broker"], namespace=kw["loop"]["namespace"])
-        ray.get(broker.group_failed.remote(kw["loop"]["group"], traceback.format_exc()))
+        group = kw["loop"]["group"]
+        ray.get(broker.group_failed.remote(group, traceback.format_exc()))
+        _remove_left_placement(ray.get(broker.placement.remote(group)))
         raise
+
+
+def _remove_left_placement(placement: Any) -> None:
+    """Remove a failed group's placement group if it is still there: a controller that
+    died (SIGKILL, out of memory) leaves it reserved until the sweep's job ends, which
+    Ray Train's PlacementGroupCleaner would have removed (`_pool_trainer_class`). One
+    that its controller removed on the way out is left alone."""
+    from ray.util.placement_group import placement_group_table, remove_placement_group
+
+    if placement is None:
+        return
+    with contextlib.suppress(Exception):  # removed meanwhile: nothing to do
+        if placement_group_table(placement).get("state") == "CREATED":
+            remove_placement_group(placement)
 
 
 def pool_trainable(config: dict[str, Any], broker_name: str, namespace: str) -> None:

@@ -3,8 +3,9 @@
 One local Ray cluster (3 logical CPUs) and one pool of two groups for the module, as a sweep
 has one pool for all its trials (a group takes ~8 s to start here); each test runs a
 small Tune experiment through it with a trivial body (a few sleeps and rows), so what is
-checked is the pool's plumbing: rows in order, stopping, a killed worker (last: it
-replaces a worker). The unloadable body gets a pool of its own.
+checked is the pool's plumbing: rows in order, stopping, a killed worker (it replaces a
+worker), a killed controller (last: it leaves the pool a group short). The unloadable
+body gets a pool of its own.
 """
 
 from __future__ import annotations
@@ -182,6 +183,38 @@ def test_a_killed_pool_worker_fails_its_trial_and_is_replaced(pool, tmp_path):
     retried = next(r for r in results if int(r.config["x"]) == 2)
     assert int(rows_of(retried)[-1]["worker_pid"]) != killed
     assert sorted(starts[g] - before.get(g, 0) for g in starts) == [0, 1]
+
+
+def _alive_actors(class_name: str) -> list[dict]:
+    """The cluster's live actors of `class_name` (from the GCS: no dashboard needed)."""
+    import ray._private.state
+
+    table = ray._private.state.actors().values()
+    return [a for a in table if a["ActorClassName"] == class_name and a["State"] == "ALIVE"]
+
+
+def _created_placement_groups() -> set[str]:
+    import ray
+
+    return {k for k, pg in ray.util.placement_group_table().items() if pg["state"] == "CREATED"}
+
+
+def test_a_killed_controller_leaves_no_placement_group_behind(pool):
+    """The groups run without Ray Train's PlacementGroupCleaner (it removed live groups'
+    placement groups on a busy machine: `sweeps.pool._pool_trainer_class`). What it was
+    for still holds: a group whose controller is killed with SIGKILL does not keep its
+    placement group reserved (Ray would until the job ends; `_run_group` removes it).
+    Last of the shared pool's tests: it leaves the pool one group short."""
+    assert len(_alive_actors("TrainController")) == 2
+    assert _alive_actors("PlacementGroupCleaner") == []
+    before = _created_placement_groups()
+    assert len(before) == 2, before
+    os.kill(_alive_actors("TrainController")[0]["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(_created_placement_groups()) != 1:
+        assert time.monotonic() < deadline, f"placement groups left: {_created_placement_groups()}"
+        time.sleep(0.5)
+    assert _created_placement_groups() < before
 
 
 def test_trials_fail_instead_of_waiting_when_no_group_can_start(cluster, tmp_path):
