@@ -211,9 +211,10 @@ def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
 
 @pytest.fixture(scope="session")
 def shared_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster) -> dict:
-    """{name: SharedSweep} of the session's shared sweeps (tests/shared_sweeps.py): the
-    ones the session's selected tests name with `@pytest.mark.shared_sweep(...)`, all run
-    (two at a time) when the first is asked for, before any test reads one."""
+    """{name: what it left} of the session's slow runs (tests/shared_sweeps.py): the
+    sweeps and scenarios the session's selected tests name with
+    `@pytest.mark.shared_sweep(...)`, all run (two at a time) when the first is asked for,
+    before any test reads one. Reading a run that raised raises that."""
     from tests.shared_sweeps import MARKER, run_shared_sweeps, spec_of
 
     wanted: dict = {}

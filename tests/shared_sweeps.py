@@ -1,31 +1,38 @@
-"""The demo sweeps several test modules read, run once per session (`shared_sweeps` in
-tests/conftest.py): one per shipped space, and one over a space mixing every kind of
-distribution.
+"""The session's slow runs, run together two at a time (`shared_sweeps` in
+tests/conftest.py): the demo sweeps several test modules read, and the sweeps and
+scenarios single tests give it.
 
 A tiny sweep costs ~45 CPU-s on 2 cores whatever it checks (a driver, a cache actor and
-a pool group each import torch, Ray and MLflow), so a test that only reads what a sweep
-logged reads the session's sweep of that space instead of running its own:
+a pool group each import torch, Ray and MLflow), and alone it keeps the 2 cores ~70%
+busy. So a test that only reads what a sweep logged reads the session's sweep of that
+space instead of running its own:
 
 - `predictor_width` (7 trials): the end-to-end contract (tests/test_sweep_end_to_end.py),
   the MLflow UI in a browser (tests/test_browser.py), the space sweeps;
 - `objective` (4 trials, every objective): tests/test_sweep_objective.py, the space sweeps;
-- the other spaces and `mixed` (2 trials each): tests/test_sweep_spaces.py.
+- the other spaces and `mixed` (2 trials each): tests/test_sweep_spaces.py;
 
-A test says which it reads with `@pytest.mark.shared_sweep(NAME)`, or gives a sweep of
-its own to run with them, `@pytest.mark.shared_sweep(SweepSpec(...))` (the sweeps of
-tests/test_sweep_selection.py, tests/test_ddp.py, tests/test_feature_cache.py and
-tests/test_reliability.py that need a space, data or environment of their own); the
-session runs the sweeps its selected tests name, `AT_ONCE` at a time, the first time one
-is asked for.
+and a test whose slow run is its own gives it here to run beside the others: a
+`SweepSpec` (a sweep on the session's cluster with a space, data or environment of its
+own: tests/test_sweep_selection.py, tests/test_ddp.py, tests/test_feature_cache.py,
+tests/test_reliability.py) or a `Scenario` (anything else, e.g. a sweep cut off with
+Ctrl-C and resumed on clusters of its own: tests/test_reliability.py,
+tests/test_tiny_imagenet.py, tests/test_gpu_path.py). The scenario records what it saw;
+the test checks it.
+
+A test names what it reads with `@pytest.mark.shared_sweep(NAME or spec)`; the session
+runs everything its selected tests name, `AT_ONCE` at a time, the first time one is asked
+for, and every test then reads its run's result.
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import SweepDirs, run_cli
 
@@ -66,6 +73,11 @@ class SweepSpec:
     env: dict[str, str] = field(default_factory=dict)
     fresh_cache: bool = False
 
+    @property
+    def weight(self) -> int:
+        """About how long it runs, to start the longest first."""
+        return self.trials
+
 
 def _mixed(folder: Path) -> list[str]:
     space = folder / "mixed.yaml"
@@ -98,10 +110,23 @@ SPECS = {
 }
 
 
-def spec_of(named: str | SweepSpec) -> SweepSpec:
+@dataclass(frozen=True)
+class Scenario:
+    """A test's slow run that is more than one sweep on the session's cluster (Ctrl-C,
+    then resume; a sweep in a copied project): `run(folder, embedding_cache, cluster)`
+    does it in its own `folder` and returns what the test checks. What it raises, the
+    test that reads it raises."""
+
+    name: str
+    run: Callable[[Path, Path, list[str]], Any]
+    weight: int
+    """About how long it runs, in the trials of a small sweep."""
+
+
+def spec_of(named: str | SweepSpec | Scenario) -> SweepSpec | Scenario:
     """A spec given in a test module, or the shared sweep named `named`: from SPECS, else
     a SMALL sweep of the shipped space of that name."""
-    if isinstance(named, SweepSpec):
+    if isinstance(named, SweepSpec | Scenario):
         return named
     return SPECS.get(named) or SweepSpec(named, ("--space", named, *SMALL), trials=2)
 
@@ -115,6 +140,23 @@ class SharedSweep:
     spec: SweepSpec
 
 
+class SharedRuns(Mapping[str, Any]):
+    """{name: what the run left}, every run done: a `SharedSweep`, or a scenario's value.
+    Reading a run that raised raises that, in the test that reads it."""
+
+    def __init__(self, futures: dict[str, Future]) -> None:
+        self._futures = futures
+
+    def __getitem__(self, name: str) -> Any:
+        return self._futures[name].result()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._futures)
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
 # Two at a time on the session's 3 logical CPUs: a sweep alone keeps 2 cores ~70% busy
 # (imports, process starts, waits); two at once fill the rest (measured: a tiny sweep took
 # ~45 s alone, ~27 s each two at a time), and a sweep with 2 pool groups (or a 2-rank
@@ -123,20 +165,23 @@ AT_ONCE = 2
 
 
 def run_shared_sweeps(
-    specs: list[SweepSpec], root: Path, embedding_cache: Path, cluster: list[str]
-) -> dict[str, SharedSweep]:
-    """Run `specs` (most trials first, `AT_ONCE` at a time) on `cluster`, each into stores
-    of its own in `root/<name>`; {name: SharedSweep}."""
+    specs: list[SweepSpec | Scenario], root: Path, embedding_cache: Path, cluster: list[str]
+) -> SharedRuns:
+    """Run `specs` (the longest first, `AT_ONCE` at a time) each in a folder of its own,
+    `root/<name>`: sweeps on `cluster` with the session's embedding cache (or an empty one
+    of their own), scenarios as they say. Returns once every one is done."""
 
-    def run(spec: SweepSpec) -> SharedSweep:
+    def run(spec: SweepSpec | Scenario) -> Any:
         folder = root / spec.name
         folder.mkdir(parents=True)
+        if isinstance(spec, Scenario):
+            return spec.run(folder, embedding_cache, cluster)
         dirs = SweepDirs.under(folder, None if spec.fresh_cache else embedding_cache)
         args = [*spec.args, *(spec.prepare(folder) if spec.prepare else []), *dirs.flags()]
         proc = run_cli(args, timeout=900, env=spec.env or None, cluster=cluster)
         return SharedSweep(proc, dirs, spec)
 
-    ordered = sorted(specs, key=lambda spec: -spec.trials)
+    ordered = sorted(specs, key=lambda spec: -spec.weight)
     with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
         futures = {spec.name: pool.submit(run, spec) for spec in ordered}
-        return {name: future.result() for name, future in futures.items()}
+    return SharedRuns(futures)  # leaving the `with` waited for all of them

@@ -28,6 +28,7 @@ from jepa.train import EvalSet, epoch_metrics, train_predictor
 from jepa.views import CachedViewPairs
 from tests.conftest import ROOT
 from tests.fake_cuda import fake_cuda, on_fake_cuda
+from tests.shared_sweeps import Scenario
 
 N, M, D, CLASSES = 48, 24, 16, 4
 
@@ -260,10 +261,10 @@ def test_loader_workers_fit_in_shared_memory(tmp_path, capsys):
     assert loader_workers(8, 1, shm=tmp_path / "absent") == 8  # no /dev/shm: not Linux
 
 
-@pytest.mark.slow  # two minutes on 2 cores: a demo run, `sweeps.single train`, the rest small
-def test_gpu_check_runs_its_cpu_parts_here():
-    """`benchmarks/gpu_check.sh` on a machine without a GPU: exit 0, the rest skipped."""
-    proc = subprocess.run(
+def _gpu_check_without_a_gpu(folder: Path, cache: Path, cluster: list[str]):
+    """`benchmarks/gpu_check.sh` as on a machine without a GPU (it starts what it needs:
+    `folder`, `cache` and `cluster` unused)."""
+    return subprocess.run(
         ["bash", "benchmarks/gpu_check.sh"],
         cwd=ROOT,
         capture_output=True,
@@ -271,6 +272,18 @@ def test_gpu_check_runs_its_cpu_parts_here():
         timeout=600,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
     )
+
+
+# A demo run, `sweeps.single train`, the rest small: run with the session's shared
+# sweeps (tests/shared_sweeps.py), one process at a time on one core most of its time.
+GPU_CHECK = Scenario("gpu-check-cpu-parts", _gpu_check_without_a_gpu, weight=3)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_sweep(GPU_CHECK)
+def test_gpu_check_runs_its_cpu_parts_here(shared_sweeps):
+    """`benchmarks/gpu_check.sh` on a machine without a GPU: exit 0, the rest skipped."""
+    proc = shared_sweeps[GPU_CHECK.name]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no GPU: skipped" in proc.stdout
 

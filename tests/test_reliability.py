@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -30,8 +31,8 @@ from jepa.config import TrialConfig
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import search, tracking
-from tests.conftest import ROOT, RUN, run_cli
-from tests.shared_sweeps import SweepSpec
+from tests.conftest import ROOT, RUN, SweepDirs, run_cli
+from tests.shared_sweeps import Scenario, SweepSpec
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
 TRIAL_METRICS = (
@@ -43,12 +44,6 @@ TRIAL_METRICS = (
     M.EFFECTIVE_RANK,
 )
 TRIAL_ARTIFACTS = {M.TSNE_ARTIFACT, M.PREDICTOR_ARTIFACT, M.CONFIG_ARTIFACT}
-
-
-@pytest.fixture(scope="module")
-def shared_cache(embedding_cache) -> Path:
-    """The session's embedding cache (`tests/conftest.py`): same data, computed once."""
-    return embedding_cache
 
 
 # --- without Ray ------------------------------------------------------------------------
@@ -194,49 +189,89 @@ def _assert_steps_unique(client: MlflowClient, run) -> None:
         assert len(steps) == len(set(steps)), (run.info.run_id, key, steps)
 
 
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_with_exact_mlflow_content(sweep_dirs, shared_cache):
-    """Ctrl-C in mid-trial, resume, SIGKILL of the driver in mid-trial, resume again:
-    one parent run throughout, exactly one FINISHED run per trial, the runs cut off
-    KILLED, none RUNNING, no metric step twice, and Tune/Optuna kept their history."""
+@dataclass
+class Cut:
+    """A sweep process cut off in mid-trial: its exit code, its output, and the runs in the
+    store (`_runs`) once it ended."""
+
+    returncode: int
+    out: str
+    runs: list[tuple[str, str, str, int, int]]
+
+
+@dataclass
+class Interrupted:
+    """What `_interrupt_then_resume` saw, for the test to check."""
+
+    dirs: SweepDirs
+    ctrl_c: Cut
+    outlived: list[int]
+    """Processes of the Ctrl-C'd sweep's Ray session still there 5 s after it exited."""
+    sigkill: Cut
+    final: subprocess.CompletedProcess
+
+
+def _interrupt_then_resume(folder: Path, cache: Path, cluster: list[str]) -> Interrupted:
+    """Ctrl-C in mid-trial, resume, SIGKILL of the driver in mid-trial, resume again, each
+    sweep starting its own Ray cluster as on a laptop; `cluster` (the session's) unused."""
+    sweep_dirs = SweepDirs.under(folder, cache)
     db = sweep_dirs.root / "mlflow.db"
-    args = [
-        "--space",
-        "predictor_width",
-        "--num-samples",
-        "2",
-        "--max-concurrent",
-        "1",
-        "--max-epochs",
-        "4",
-        *_flags(sweep_dirs, shared_cache),
-    ]
+    args = ["--space", "predictor_width", "--num-samples", "2", "--max-concurrent", "1"]
+    args += ["--max-epochs", "4", *_flags(sweep_dirs, cache)]
 
     # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it) in the first trial.
     proc = _start(args)
     _wait_mid_trial(db, proc, finished=0)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out[-3000:]
-    last = out.strip().splitlines()[-1]
-    assert "MLflow runs closed as KILLED" in last and "--resume" in last, last
-    assert f"--storage {sweep_dirs.storage}" in last
-    assert not [r for r in _runs(db) if r[1] == "RUNNING"], _runs(db)
-    assert {r[1] for r in _runs(db) if r[2] == M.ROLE_SWEEP} == {"KILLED"}
+    ctrl_c = Cut(proc.returncode, out, _runs(db))
     time.sleep(5)  # Ray's agents exit a moment after the raylet
-    assert _session_processes(out) == [], "Ray processes outlived Ctrl-C"
+    outlived = _session_processes(out)
 
     # 2. Resume; SIGKILL the driver once a trial finished and the next one is training.
     proc = _start([*args, "--resume"])
     _wait_mid_trial(db, proc, finished=1)
     proc.kill()
     out, _ = proc.communicate(timeout=60)
-    head = out[: out.find("Trial status")]  # what the CLI says before Tune's tables
-    assert "Resuming sweep" in head and "Optuna sampler's history: 1 trials" in head, head
-    assert [r for r in _runs(db) if r[1] == "RUNNING"], "SIGKILL should leave runs RUNNING"
+    sigkill = Cut(proc.returncode, out, _runs(db))
 
     # 3. Resume again; it finishes.
-    proc = run_cli([*args, "--resume"])
+    return Interrupted(sweep_dirs, ctrl_c, outlived, sigkill, run_cli([*args, "--resume"]))
+
+
+# Run with the session's shared sweeps (tests/shared_sweeps.py): ~2 minutes of mostly
+# process starts and waits, which the other runs fill.
+INTERRUPTED = Scenario("interrupt-then-resume", _interrupt_then_resume, weight=12)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_sweep(INTERRUPTED)
+def test_interrupted_sweep_resumes_with_exact_mlflow_content(shared_sweeps):
+    """Ctrl-C in mid-trial, resume, SIGKILL of the driver in mid-trial, resume again:
+    one parent run throughout, exactly one FINISHED run per trial, the runs cut off
+    KILLED, none RUNNING, no metric step twice, and Tune/Optuna kept their history."""
+    seen = shared_sweeps[INTERRUPTED.name]
+    sweep_dirs = seen.dirs
+
+    # 1. Ctrl-C: exit 130, every run closed, the way on printed, no Ray process left.
+    out = seen.ctrl_c.out
+    assert seen.ctrl_c.returncode == 130, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "MLflow runs closed as KILLED" in last and "--resume" in last, last
+    assert f"--storage {sweep_dirs.storage}" in last
+    runs = seen.ctrl_c.runs
+    assert not [r for r in runs if r[1] == "RUNNING"], runs
+    assert {r[1] for r in runs if r[2] == M.ROLE_SWEEP} == {"KILLED"}
+    assert seen.outlived == [], "Ray processes outlived Ctrl-C"
+
+    # 2. The resumed sweep knew the first trial; its SIGKILL left runs RUNNING.
+    out = seen.sigkill.out
+    head = out[: out.find("Trial status")]  # what the CLI says before Tune's tables
+    assert "Resuming sweep" in head and "Optuna sampler's history: 1 trials" in head, head
+    assert [r for r in seen.sigkill.runs if r[1] == "RUNNING"], "SIGKILL should leave runs RUNNING"
+
+    # 3. The second resume finished.
+    proc = seen.final
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # 1 when Tune's last periodic save came before the second trial started.
     assert re.search(r"Optuna sampler's history: [12] trials", proc.stdout), proc.stdout[-3000:]

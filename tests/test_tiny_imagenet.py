@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from jepa import metrics as M
 from jepa.data import DatasetSpec, load_dataset
 from jepa.errors import UserInputError
 from tests.conftest import ROOT, RUN
+from tests.shared_sweeps import Scenario
 
 WNIDS = ["n01443537", "n01629819", "n01641577"]
 WORDS = {
@@ -213,11 +215,23 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
-def test_files_at_the_default_places_are_used_without_flags(tmp_path):
+@dataclass
+class DefaultPlaces:
+    """A sweep run with no flags but the budget, in a copy of the project whose default
+    places hold an I-JEPA checkpoint and a Tiny-ImageNet folder."""
+
+    proc: subprocess.CompletedProcess
+    project: Path
+    checkpoint: Path
+    data: Path
+
+
+def _sweep_at_the_default_places(folder: Path, cache: Path, cluster: list[str]) -> DefaultPlaces:
+    """The copied project's sweep, starting its own Ray cluster as it would on a laptop
+    (`cache` and `cluster`, the session's, unused: they are not the defaults)."""
     from tests.test_ijepa import small_pair, write_ijepa_checkpoint
 
-    project = copy_project(tmp_path / "project")
+    project = copy_project(folder / "project")
     checkpoint = project / "IN1K-vit.h.14-300e.pth.tar"
     write_ijepa_checkpoint(checkpoint, *small_pair())
     data = make_tiny_imagenet(project / "data" / "tiny-imagenet-200")
@@ -234,8 +248,20 @@ def test_files_at_the_default_places_are_used_without_flags(tmp_path):
         text=True,
         timeout=600,
         env=env,
-        cwd=tmp_path,
+        cwd=folder,
     )
+    return DefaultPlaces(proc, project, checkpoint, data)
+
+
+# Run with the session's shared sweeps (tests/shared_sweeps.py).
+DEFAULT_PLACES = Scenario("default-places", _sweep_at_the_default_places, weight=3)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_sweep(DEFAULT_PLACES)
+def test_files_at_the_default_places_are_used_without_flags(shared_sweeps):
+    seen = shared_sweeps[DEFAULT_PLACES.name]
+    proc, project, checkpoint, data = seen.proc, seen.project, seen.checkpoint, seen.data
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Running the embedded demo" not in proc.stdout
     assert "Backbone: I-JEPA target_encoder of IN1K-vit.h.14-300e.pth.tar" in proc.stdout
