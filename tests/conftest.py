@@ -210,20 +210,23 @@ def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
 
 
 @pytest.fixture(scope="session")
-def shared_sweeps(request, tmp_path_factory, embedding_cache, ray_cluster) -> dict:
+def shared_sweeps(request, tmp_path_factory, embedding_cache) -> dict:
     """{name: what it left} of the session's slow runs (tests/shared_sweeps.py): the
     sweeps and scenarios the session's selected tests name with
     `@pytest.mark.shared_sweep(...)`, all run (two at a time) when the first is asked for,
     before any test reads one. Reading a run that raised raises that."""
-    from tests.shared_sweeps import MARKER, run_shared_sweeps, spec_of
+    from tests.shared_sweeps import MARKER, SweepSpec, run_shared_sweeps, spec_of
 
     wanted: dict = {}
     for item in request.session.items:
         for mark in item.iter_markers(MARKER):
             spec = spec_of(mark.args[0])
             assert wanted.setdefault(spec.name, spec) == spec, f"two sweeps named {spec.name}"
+    # The session's cluster, started only for sweeps (scenarios start what they need).
+    sweeps = any(isinstance(spec, SweepSpec) for spec in wanted.values())
+    cluster = request.getfixturevalue("ray_cluster") if sweeps else []
     root = tmp_path_factory.mktemp("shared-sweeps")
-    return run_shared_sweeps(list(wanted.values()), root, embedding_cache, ray_cluster)
+    return run_shared_sweeps(list(wanted.values()), root, embedding_cache, cluster)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ read the store afterwards.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -63,16 +64,36 @@ def test_nan_loss_stops_training_as_diverged():
     assert not math.isfinite(result.history[0][M.TRAIN_LOSS])
 
 
-def test_logging_waits_out_a_locked_sqlite_store(tmp_path):
-    """Another connection holds sqlite's write lock for longer than MLflow's 20 s busy
-    timeout: a plain MlflowClient fails with "database is locked", ours waits it out."""
-    db = tmp_path / "mlflow.db"
+@dataclass
+class LockedStore:
+    """What two clients logging to a locked sqlite store did (`_log_to_a_locked_store`)."""
+
+    outcome: dict[str, str]
+    """{client: "logged" or its error}"""
+    retries: int
+    """How often ours said it retries (`sweeps.tracking`'s warning) while locked."""
+    history: list[float]
+    """The metric ours logged, as the store has it."""
+
+
+def _log_to_a_locked_store(folder: Path, cache: Path, cluster: list[str]) -> LockedStore:
+    """Another connection holds sqlite's write lock until a plain MlflowClient gave up
+    (MLflow's busy timeout is 20 s) and ours said it retries; then lets go. Waits on
+    what it checks rather than sleeping a fixed time: on a busy machine a thread may
+    start its write late. (`cache`, `cluster` unused.)"""
+    db = folder / "mlflow.db"
     uri = f"sqlite:///{db}"
     experiment_id = tracking.ensure_experiment(uri, "locked")
     retrying = tracking.client(uri)
     run_id = retrying.create_run(experiment_id).info.run_id
     plain = MlflowClient(tracking_uri=uri)
-    outcome: dict[str, object] = {}
+    outcome: dict[str, str] = {}
+    retries: list[logging.LogRecord] = []
+
+    class Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "store locked" in record.getMessage():
+                retries.append(record)
 
     def log(name: str, client, value: float) -> None:
         try:
@@ -81,22 +102,42 @@ def test_logging_waits_out_a_locked_sqlite_store(tmp_path):
         except Exception as exc:
             outcome[name] = str(exc)
 
+    handler = Retries()
+    logging.getLogger(tracking.__name__).addHandler(handler)
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    writers = [
-        threading.Thread(target=log, args=("plain", plain, 1.0)),
-        threading.Thread(target=log, args=("retrying", retrying, 2.0)),
-    ]
-    for w in writers:
-        w.start()
-    time.sleep(25)
-    conn.execute("COMMIT")
-    conn.close()
-    for w in writers:
-        w.join(timeout=120)
-    assert "database is locked" in str(outcome["plain"]), outcome
-    assert outcome["retrying"] == "logged", outcome
-    assert [m.value for m in plain.get_metric_history(run_id, "retrying")] == [2.0]
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        writers = [
+            threading.Thread(target=log, args=("plain", plain, 1.0)),
+            threading.Thread(target=log, args=("retrying", retrying, 2.0)),
+        ]
+        for w in writers:
+            w.start()
+        deadline = time.monotonic() + 120
+        while ("plain" not in outcome or not retries) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+        for w in writers:
+            w.join(timeout=120)
+        logging.getLogger(tracking.__name__).removeHandler(handler)
+    history = [m.value for m in plain.get_metric_history(run_id, "retrying")]
+    return LockedStore(outcome, len(retries), history)
+
+
+# ~20 s of waiting on a lock: run beside the session's shared sweeps (tests/shared_sweeps.py).
+LOCKED_STORE = Scenario("locked-store", _log_to_a_locked_store, weight=2)
+
+
+@pytest.mark.shared_sweep(LOCKED_STORE)
+def test_logging_waits_out_a_locked_sqlite_store(shared_sweeps):
+    """Another connection holds sqlite's write lock for longer than MLflow's 20 s busy
+    timeout: a plain MlflowClient fails with "database is locked", ours waits it out."""
+    seen = shared_sweeps[LOCKED_STORE.name]
+    assert "database is locked" in seen.outcome["plain"], seen.outcome
+    assert seen.retries >= 1 and seen.outcome["retrying"] == "logged", seen
+    assert seen.history == [2.0]
 
 
 # --- real sweeps --------------------------------------------------------------------------
