@@ -285,30 +285,42 @@ def _group_loop(config: dict[str, Any]) -> None:
 
 
 def _pool_trainer_class() -> type:
-    """TorchTrainer without Ray Train's PlacementGroupCleaner (Ray >= 2.5x, V2).
+    """TorchTrainer without two of Ray Train's helper actors (Ray >= 2.5x, V2):
 
-    The cleaner is a detached actor per run that asks the state API every second whether
-    the run's controller is alive and removes the run's placement group when the answer
-    is "not found", which it also is when the query misses a live controller: on 2 busy
-    cores, two sweeps at once, it removed a live pool group's placement group, killing
-    its worker mid-trial (twice in one sweep; the trials failed as `PoolWorkerDied`). A
-    pool group runs for the whole sweep, so it would ask ~once a second for all of it.
-    Without it nothing is left behind: the controller removes its placement group when
-    it ends, and when it dies, `_run_group` removes it (`_remove_left_placement`).
-    Where a Ray has no such callback, the plain TorchTrainer."""
+    - the PlacementGroupCleaner, a detached actor per run that asks the state API every
+      second whether the run's controller is alive and removes the run's placement group
+      when the answer is "not found", which it also is when the query misses a live
+      controller: on 2 busy cores, two sweeps at once, it removed a live pool group's
+      placement group, killing its worker mid-trial (twice in one sweep; the trials
+      failed as `PoolWorkerDied`). A pool group runs for the whole sweep, so it would ask
+      ~once a second for all of it. Without it nothing is left behind: the controller
+      removes its placement group when it ends, and when it dies, `_run_group` removes it
+      (`_remove_left_placement`);
+    - the DatasetsCallback's DatasetManager, an actor that serves Ray Data shards, which
+      the pool's loop never asks for (trials fetch their banks from the cache actor).
+
+    Each is a process per group that imports Ray (~2 s of CPU). Where a Ray has neither
+    callback, the plain TorchTrainer."""
     from ray.train.torch import TorchTrainer
 
-    try:
+    left_out: list[type] = []
+    with contextlib.suppress(ImportError):
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
         )
-    except ImportError:
+
+        left_out.append(PlacementGroupCleanerCallback)
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+        left_out.append(DatasetsCallback)
+    if not left_out:
         return TorchTrainer
 
     class PoolTrainer(TorchTrainer):
         def _create_default_callbacks(self) -> list:
             callbacks = super()._create_default_callbacks()
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+            return [c for c in callbacks if not isinstance(c, tuple(left_out))]
 
     return PoolTrainer
 

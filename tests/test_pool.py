@@ -207,6 +207,7 @@ def test_a_killed_controller_leaves_no_placement_group_behind(pool):
     Last of the shared pool's tests: it leaves the pool one group short."""
     assert len(_alive_actors("TrainController")) == 2
     assert _alive_actors("PlacementGroupCleaner") == []
+    assert _alive_actors("DatasetManager") == []  # the loop reads no Ray Data
     before = _created_placement_groups()
     assert len(before) == 2, before
     os.kill(_alive_actors("TrainController")[0]["Pid"], signal.SIGKILL)
