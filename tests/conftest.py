@@ -50,7 +50,8 @@ def embedding_cache(tmp_path_factory) -> Path:
     """One embedding cache for the whole session. A bank is a pure function of its key
     (weights, data, views, seed...; `jepa.features.FeatureKey`), so sweeps over the same
     data share it: the default demo bank alone takes ~40 s to compute on 2 cores. Tests
-    that count the backbone's work make a cache of their own (`fresh_sweep_dirs`)."""
+    that count the backbone's work make a cache of their own (`SweepSpec.fresh_cache`,
+    tests/shared_sweeps.py)."""
     return tmp_path_factory.mktemp("embedding-cache")
 
 
@@ -58,12 +59,6 @@ def embedding_cache(tmp_path_factory) -> Path:
 def sweep_dirs(tmp_path: Path, embedding_cache: Path) -> SweepDirs:
     """A new MLflow store and Ray storage; the session's embedding cache."""
     return SweepDirs.under(tmp_path, embedding_cache)
-
-
-@pytest.fixture
-def fresh_sweep_dirs(tmp_path: Path) -> SweepDirs:
-    """As `sweep_dirs`, with an empty embedding cache of its own."""
-    return SweepDirs.under(tmp_path)
 
 
 def run_cli(

@@ -105,12 +105,12 @@ def _log_to_a_locked_store(folder: Path, cache: Path, cluster: list[str]) -> Loc
     handler = Retries()
     logging.getLogger(tracking.__name__).addHandler(handler)
     conn = sqlite3.connect(db, isolation_level=None)
+    writers = [
+        threading.Thread(target=log, args=("plain", plain, 1.0)),
+        threading.Thread(target=log, args=("retrying", retrying, 2.0)),
+    ]
     try:
         conn.execute("BEGIN EXCLUSIVE")
-        writers = [
-            threading.Thread(target=log, args=("plain", plain, 1.0)),
-            threading.Thread(target=log, args=("retrying", retrying, 2.0)),
-        ]
         for w in writers:
             w.start()
         deadline = time.monotonic() + 120
@@ -120,7 +120,8 @@ def _log_to_a_locked_store(folder: Path, cache: Path, cluster: list[str]) -> Loc
     finally:
         conn.close()
         for w in writers:
-            w.join(timeout=120)
+            if w.is_alive():
+                w.join(timeout=120)
         logging.getLogger(tracking.__name__).removeHandler(handler)
     history = [m.value for m in plain.get_metric_history(run_id, "retrying")]
     return LockedStore(outcome, len(retries), history)
