@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from jepa.errors import UserInputError
 from sweeps import tracking
@@ -125,8 +126,9 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
     track.add_argument(
         "--storage",
         default=str(DEFAULT_STORAGE),
-        help="Ray Tune storage: results, checkpoints, state for --resume; on a cluster a "
-        "folder every node shares, or a URI Ray Tune supports (s3://, gs://, file://)",
+        help="folder (or file:// URI) for Ray Tune's results and the sweep's state for "
+        "--resume (sweep.json, the Optuna journal, sweep.log); on a cluster a folder "
+        "every node mounts",
     )
     track.add_argument(
         "--resume",
@@ -203,6 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary.finished > 0 else 1
 
 
+def check_storage(storage: str) -> str:
+    """`--storage` as an absolute folder: a path, or a file:// URI's path. Other URIs
+    (s3://, gs://) are refused: the driver writes the sweep's own state there as plain
+    files (sweep.json, the Optuna journal, sweep.log), which `Path` would put in a local
+    folder named "s3:" instead."""
+    scheme, sep, rest = storage.partition("://")
+    if not sep:
+        return str(Path(storage).resolve())
+    if scheme == "file":
+        return str(Path(unquote(urlparse(storage).path)).resolve())
+    raise UserInputError(
+        f"--storage {storage}: give a folder or a file:// URI (on a cluster a folder every "
+        "node mounts); the sweep writes its journal and sweep.json there as files"
+    )
+
+
 def options_from_args(args: argparse.Namespace, argv: list[str]) -> SweepOptions:
     """Validate every flag before anything is started or written."""
     space = load_space_arg(args.space)
@@ -227,7 +245,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> SweepOptions
         seed=args.seed,
         experiment=args.experiment,
         tracking_uri=args.tracking_uri or tracking.default_tracking_uri(),
-        storage=args.storage,
+        storage=check_storage(args.storage),
         address=address,
         workers_per_trial=args.workers_per_trial,
         gpus_per_trial=args.gpus_per_trial,

@@ -670,15 +670,13 @@ def _untrained_lift(best: ConfigStats, baselines: Baselines) -> Interval | None:
 
 
 def storage_path(storage: str) -> str:
-    """What Ray Tune gets as `storage_path`: a URI it supports (s3://, gs://, file://...)
-    as given, else the folder made absolute (it must be shared by all nodes)."""
-    return storage if "://" in storage else str(Path(storage).resolve())
+    """What Ray Tune gets as `storage_path`: the folder made absolute (on a cluster every
+    node mounts it). A file:// URI became its folder in `cli.check_storage`."""
+    return str(Path(storage).resolve())
 
 
 def _check_writable(path: str, flag: str) -> None:
     """Fail early, before any run exists, when a folder cannot be created or written."""
-    if "://" in path:
-        return  # an object-store URI: Ray Tune checks it when it writes there
     target = Path(path)
     try:
         target.mkdir(parents=True, exist_ok=True)

@@ -206,6 +206,22 @@ def test_storage_that_cannot_be_written(call, sweep_dirs, tmp_path):
     _no_runs(sweep_dirs)
 
 
+def test_storage_in_an_object_store(call, sweep_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err, _ = call(
+        "--tracking-uri",
+        sweep_dirs.tracking_uri,
+        "--storage",
+        "s3://bucket/sweeps",
+        "--cache-dir",
+        str(sweep_dirs.cache_dir),
+        flags=False,
+    )
+    _assert_one_line(code, err, "--storage s3://bucket/sweeps: give a folder or a file:// URI")
+    assert not (tmp_path / "s3:").exists()
+    _no_runs(sweep_dirs)
+
+
 def test_resume_without_an_interrupted_sweep(call, sweep_dirs):
     code, err, _ = call("--resume")
     _assert_one_line(code, err, "--resume: no interrupted sweep", "predictor_width")

@@ -33,9 +33,11 @@ import pytest
 import yaml
 
 from jepa import metrics as M
+from jepa.errors import UserInputError
+from sweeps.cli import check_storage
 from sweeps.cluster import describe_node, job_runtime_env
 from sweeps.spaces import load_space
-from sweeps.sweep import _check_writable, storage_path
+from sweeps.sweep import storage_path
 from tests.conftest import ROOT, run_cli
 
 BIN = Path(sys.executable).parent
@@ -80,7 +82,7 @@ def test_sweep_spreads_over_nodes_and_logs_to_the_team_server(tmp_path, monkeypa
                 "--experiment",
                 EXPERIMENT,
                 "--storage",
-                storage.as_uri(),  # a URI: Ray Tune gets it as it is
+                storage.as_uri(),  # a file:// URI: the sweep's folder is its path
                 "--cache-dir",
                 str(work / "cache"),
             ],
@@ -96,7 +98,9 @@ def test_sweep_spreads_over_nodes_and_logs_to_the_team_server(tmp_path, monkeypa
         # The sweep lists the nodes it connected to: "node ID12 IP CPU 1 GPU 0 node_a".
         listed = dict(re.findall(r"node ([0-9a-f]{12}) \S+ CPU 1 GPU 0 (node_[ab])", proc.stdout))
         assert sorted(listed.values()) == ["node_a", "node_b"], proc.stdout[:3000]
-        assert any(storage.glob("aug_strength-*/experiment_state-*.json"))
+        # Tune's state and the sweep's own files (once in a local folder named "file:").
+        for name in ("experiment_state-*.json", "sweep.json", "optuna_journal.log", "sweep.log"):
+            assert any(storage.glob(f"aug_strength-*/{name}")), name
 
         _check_server_refuses_anonymous(server.url)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -188,11 +192,13 @@ def _check_postgres_holds(uri: str, password: str, runs: dict) -> None:
 # --- the pieces, without a cluster ---------------------------------------------------------
 
 
-def test_storage_uri_goes_to_tune_as_it_is(tmp_path, monkeypatch):
+def test_storage_is_a_folder_or_a_file_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _check_writable("s3://bucket/sweeps", "--storage")
-    assert list(tmp_path.iterdir()) == []  # no folder named "s3:"
-    assert storage_path("s3://bucket/sweeps") == "s3://bucket/sweeps"
+    assert check_storage("results") == str(tmp_path / "results")
+    assert check_storage((tmp_path / "a b").as_uri()) == str(tmp_path / "a b")
+    with pytest.raises(UserInputError, match="--storage s3://bucket/sweeps: give a folder"):
+        check_storage("s3://bucket/sweeps")
+    assert list(tmp_path.iterdir()) == []  # nothing created, no folder named "s3:"
     assert storage_path("results") == str(tmp_path / "results")
 
 
