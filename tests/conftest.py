@@ -221,7 +221,23 @@ def shared_sweeps(request, tmp_path_factory, embedding_cache) -> dict:
     sweeps = any(isinstance(spec, SweepSpec) for spec in wanted.values())
     cluster = request.getfixturevalue("ray_cluster") if sweeps else []
     root = tmp_path_factory.mktemp("shared-sweeps")
-    return run_shared_sweeps(list(wanted.values()), root, embedding_cache, cluster)
+    runs = run_shared_sweeps(list(wanted.values()), root, embedding_cache, cluster)
+    request.config.stash[SHARED_RUNS] = runs
+    return runs
+
+
+SHARED_RUNS = pytest.StashKey()
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Each shared slow run's wall (`--durations` shows the batch as one fixture setup)."""
+    runs = config.stash.get(SHARED_RUNS, None)
+    if runs is not None:
+        from tests.shared_sweeps import summary_lines
+
+        terminalreporter.section("shared slow runs")
+        for line in summary_lines(runs):
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

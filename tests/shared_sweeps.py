@@ -28,6 +28,7 @@ for, and every test then reads its run's result.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -142,10 +143,12 @@ class SharedSweep:
 
 class SharedRuns(Mapping[str, Any]):
     """{name: what the run left}, every run done: a `SharedSweep`, or a scenario's value.
-    Reading a run that raised raises that, in the test that reads it."""
+    Reading a run that raised raises that, in the test that reads it. `walls`: each
+    run's (start, seconds) from the batch's start, for the session's summary."""
 
-    def __init__(self, futures: dict[str, Future]) -> None:
+    def __init__(self, futures: dict[str, Future], walls: dict[str, tuple[float, float]]):
         self._futures = futures
+        self.walls = walls
 
     def __getitem__(self, name: str) -> Any:
         return self._futures[name].result()
@@ -171,7 +174,17 @@ def run_shared_sweeps(
     `root/<name>`: sweeps on `cluster` with the session's embedding cache (or an empty one
     of their own), scenarios as they say. Returns once every one is done."""
 
+    began = time.monotonic()
+    walls: dict[str, tuple[float, float]] = {}
+
     def run(spec: SweepSpec | Scenario) -> Any:
+        start = time.monotonic()
+        try:
+            return run_one(spec)
+        finally:
+            walls[spec.name] = (start - began, time.monotonic() - start)
+
+    def run_one(spec: SweepSpec | Scenario) -> Any:
         folder = root / spec.name
         folder.mkdir(parents=True)
         if isinstance(spec, Scenario):
@@ -184,4 +197,12 @@ def run_shared_sweeps(
     ordered = sorted(specs, key=lambda spec: -spec.weight)
     with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
         futures = {spec.name: pool.submit(run, spec) for spec in ordered}
-    return SharedRuns(futures)  # leaving the `with` waited for all of them
+    return SharedRuns(futures, walls)  # leaving the `with` waited for all of them
+
+
+def summary_lines(runs: SharedRuns) -> list[str]:
+    """The batch's runs, longest first: pytest's durations show the batch as one setup."""
+    lines = [f"{len(runs.walls)} shared slow runs, {AT_ONCE} at a time (start, wall):"]
+    for name, (start, wall) in sorted(runs.walls.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"{wall:7.1f}s  from {start:6.1f}s  {name}")
+    return lines

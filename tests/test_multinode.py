@@ -400,7 +400,7 @@ def _ray_cluster(work: Path, token: Path) -> Iterator[str]:
             log = work / f"ray-{name}.log"
             cmd = [str(BIN / "ray"), "start", "--block", *where, *_node_flags(work / name)]
             cmd += ["--num-cpus", "1", "--num-gpus", "0", "--resources", json.dumps(resources)]
-            proc = stack.enter_context(_process_group(cmd, env, log, work, grace=10))
+            proc = stack.enter_context(_process_group(cmd, env, log, work, grace=2))
             _wait_for_line(proc, log, "Ray runtime started")
         yield f"ray://127.0.0.1:{client}"
 
