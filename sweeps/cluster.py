@@ -202,21 +202,43 @@ def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 
 # What one pool group's processes hold (`sweeps.pool`): the task that drives its
-# TorchTrainer, Train's controller and placement-group cleaner (~1.5 GiB RSS together,
-# each imports torch), and per rank a worker with torch and the banks it keeps (~0.9 GiB
-# on the demo). Measured with `ps` during an 8-trial demo sweep on the CPU.
+# TorchTrainer and Train's controller (~1.5 GiB RSS together with the helper actors
+# since left out, each imports torch), and per rank a worker with torch and the banks it
+# keeps (~0.9 GiB on the demo). Measured with `ps` during an 8-trial demo sweep on the CPU.
 GROUP_BASE_BYTES = 1.5 * 2**30
 RANK_BYTES = 0.9 * 2**30
 
 
-def groups_in_memory(wanted: int, workers_per_group: int) -> int:
-    """How many of `wanted` pool groups the cluster's memory holds (Ray's `memory`
-    resource: what its nodes had free at start, less the object store), at least one.
-    More groups than that and Ray's memory monitor kills workers mid-trial (a CI run of
-    eight concurrent trials on 24 GB did); fewer groups only make trials wait their turn."""
-    memory = ray.cluster_resources().get("memory", 0.0)
+def pool_groups(
+    wanted: int,
+    resources: dict[str, float],
+    workers_per_group: int,
+    cpus_per_worker: float,
+    gpus_per_trial: float,
+) -> tuple[int, str | None]:
+    """How many of `wanted` pool groups to start on a cluster with `resources` (Ray's
+    `cluster_resources()`), at least one, and what held it below `wanted` (None if
+    nothing did).
+
+    - CPUs (and GPUs): a group more than they hold waits for a placement that the
+      long-lived groups never free, its controller started for nothing;
+    - memory (Ray's `memory` resource: what the nodes had free at start, less the object
+      store): more groups than it holds and Ray's memory monitor kills workers mid-trial
+      (a CI run of eight concurrent trials on 24 GB did).
+
+    Fewer groups than trials only make trials wait their turn in the pool's queue."""
+    slots = int(resources.get("CPU", 0) // (workers_per_group * cpus_per_worker))
+    if gpus_per_trial > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus_per_trial))
     per_group = GROUP_BASE_BYTES + RANK_BYTES * workers_per_group
-    return max(1, min(wanted, int(memory // per_group)))
+    held = {
+        "CPUs and GPUs" if gpus_per_trial > 0 else "CPUs": slots,
+        "memory": int(resources.get("memory", 0.0) // per_group),
+    }
+    limit, groups = min(held.items(), key=lambda kv: kv[1])
+    if groups >= wanted:
+        return wanted, None
+    return max(1, groups), limit
 
 
 def check_cluster(address: str | None, gpus_per_trial: float, timeout_s: float = 5.0) -> None:

@@ -325,15 +325,21 @@ class Sweep:
     def start_pool(self) -> PoolTrials:
         """The sweep's pool, started now (its groups start in the background), a context
         manager that closes it: one group of `--workers-per-trial` ranks per concurrent
-        trial (as many as the memory holds: `cluster.groups_in_memory`), each rank
+        trial (as many as the CPUs, GPUs and memory hold), each rank
         reserving what a trial's rank reserves (CPUs, its GPU share); started once, they
         run every trial of the sweep (`sweeps.pool`)."""
         opts = self.opts
         wanted = concurrency(opts)
-        groups = cluster.groups_in_memory(wanted, opts.workers_per_trial)
-        if groups < wanted:
+        groups, limit = cluster.pool_groups(
+            wanted,
+            ray.cluster_resources(),
+            opts.workers_per_trial,
+            opts.cpus_per_worker,
+            opts.gpus_per_trial,
+        )
+        if limit is not None:
             print(
-                f"Pool: {groups} worker groups, not {wanted}: the cluster's memory holds "
+                f"Pool: {groups} worker groups, not {wanted}: the cluster's {limit} hold "
                 f"{groups}; the other trials wait for a free group.",
                 file=console.out(),
             )

@@ -35,7 +35,7 @@ import yaml
 from jepa import metrics as M
 from jepa.errors import UserInputError
 from sweeps.cli import check_storage
-from sweeps.cluster import describe_node, job_runtime_env
+from sweeps.cluster import describe_node, job_runtime_env, pool_groups
 from sweeps.spaces import load_space
 from sweeps.sweep import storage_path
 from tests.conftest import ROOT, run_cli
@@ -200,6 +200,22 @@ def test_storage_is_a_folder_or_a_file_uri(tmp_path, monkeypatch):
         check_storage("s3://bucket/sweeps")
     assert list(tmp_path.iterdir()) == []  # nothing created, no folder named "s3:"
     assert storage_path("results") == str(tmp_path / "results")
+
+
+def test_the_pool_starts_no_more_groups_than_the_cluster_holds():
+    gib = 2.0**30
+    big = {"CPU": 16.0, "GPU": 2.0, "memory": 100 * gib}
+    assert pool_groups(4, big, 1, 1.0, 0.0) == (4, None)
+    # 3 CPUs hold 3 one-CPU groups, 6 groups of half a CPU, one 2-rank group of 1 CPU each.
+    three = {"CPU": 3.0, "memory": 100 * gib}
+    assert pool_groups(8, three, 1, 1.0, 0.0) == (3, "CPUs")
+    assert pool_groups(8, three, 1, 0.5, 0.0) == (6, "CPUs")
+    assert pool_groups(2, three, 2, 1.0, 0.0) == (1, "CPUs")
+    # Two GPUs hold four trials of half a GPU; memory for 2.4 GiB groups holds 2.
+    assert pool_groups(8, big, 1, 1.0, 0.5) == (4, "CPUs and GPUs")
+    assert pool_groups(8, {"CPU": 16.0, "memory": 5 * gib}, 1, 1.0, 0.0) == (2, "memory")
+    # At least one group, whatever the cluster: its trials wait rather than fail here.
+    assert pool_groups(8, {"CPU": 0.5, "memory": 0.0}, 1, 1.0, 0.0) == (1, "CPUs")
 
 
 def test_runtime_env_ships_the_code_and_the_mlflow_credentials(monkeypatch):
