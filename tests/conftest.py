@@ -161,52 +161,6 @@ def cluster_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token"}
 
 
-# Two augmentation levels x two widths: the eight concurrent trials ask for both banks.
-TWO_LEVELS_SPACE = """\
-description: Two augmentation levels (test).
-params:
-  aug_strength:
-    choice: [0.25, 0.75]
-  predictor_width:
-    choice: [16, 32]
-fixed:
-  batch_size: 25
-"""
-
-
-@dataclass
-class ConcurrentSweep:
-    """The session's eight-trials-at-once sweep (`concurrent_sweep`)."""
-
-    proc: subprocess.CompletedProcess
-    dirs: SweepDirs
-    views: int
-    images_per_class: int
-    eval_per_class: int
-
-
-@pytest.fixture(scope="session")
-def concurrent_sweep(tmp_path_factory, ray_cluster) -> ConcurrentSweep:
-    """8 trials at once over two aug_strength levels, 2 epochs each, from an empty
-    embedding cache of its own, on the session's cluster. One sweep for two subjects, as
-    it costs ~1.5 minutes on 2 cores: concurrent logging to sqlite
-    (tests/test_reliability.py) and the backbone running once per level while eight
-    trials ask for the banks at once (tests/test_feature_cache.py). Eight trainables run
-    at once (each opens its MLflow run and asks the cache for its bank); the cluster's 3
-    CPUs hold 3 pool groups of 1 CPU, which train them 3 at a time (the others wait in
-    the pool's queue, trials RUNNING for Tune) and log their epochs."""
-    dirs = SweepDirs.under(tmp_path_factory.mktemp("concurrent"))
-    space = dirs.root / "two_levels.yaml"
-    space.write_text(TWO_LEVELS_SPACE)
-    views, per_class, eval_per_class = 2, 20, 10
-    args = ["--space", str(space), "--num-samples", "8", "--max-concurrent", "8"]
-    args += ["--max-epochs", "2", "--views", str(views)]
-    args += ["--images-per-class", str(per_class), "--eval-per-class", str(eval_per_class)]
-    args += ["--val-per-class", str(eval_per_class)]
-    proc = run_cli([*args, *dirs.flags()], timeout=900, cluster=ray_cluster)
-    return ConcurrentSweep(proc, dirs, views, per_class, eval_per_class)
-
-
 @pytest.fixture(scope="session")
 def shared_sweeps(request, tmp_path_factory, embedding_cache) -> dict:
     """{name: what it left} of the session's slow runs (tests/shared_sweeps.py): the

@@ -10,11 +10,13 @@ space instead of running its own:
 - `predictor_width` (7 trials): the end-to-end contract (tests/test_sweep_end_to_end.py),
   the MLflow UI in a browser (tests/test_browser.py), the space sweeps;
 - `objective` (4 trials, every objective): tests/test_sweep_objective.py, the space sweeps;
+- `learning_rate` (1 trial on a group of two ranks): tests/test_ddp.py, the space sweeps;
 - the other spaces and `mixed` (2 trials each): tests/test_sweep_spaces.py;
+- `eight-at-once` (8 trials at once): tests/test_feature_cache.py, tests/test_reliability.py;
 
 and a test whose slow run is its own gives it here to run beside the others: a
 `SweepSpec` (a sweep on the session's cluster with a space, data or environment of its
-own: tests/test_sweep_selection.py, tests/test_ddp.py, tests/test_feature_cache.py,
+own: tests/test_sweep_selection.py, tests/test_feature_cache.py,
 tests/test_reliability.py) or a `Scenario` (anything else, e.g. a sweep cut off with
 Ctrl-C and resumed on clusters of its own: tests/test_reliability.py,
 tests/test_tiny_imagenet.py, tests/test_gpu_path.py). The scenario records what it saw;
@@ -73,11 +75,37 @@ class SweepSpec:
     prepare: Callable[[Path], list[str]] | None = None
     env: dict[str, str] = field(default_factory=dict)
     fresh_cache: bool = False
+    first: bool = False
+    """Start it before the other sweeps (beside the longest scenario, which runs on
+    clusters of its own): it takes every CPU of the session's cluster."""
 
     @property
     def weight(self) -> int:
         """About how long it runs, to start the longest first."""
-        return self.trials
+        return 100 if self.first else self.trials
+
+
+# Two augmentation levels x two widths: the eight concurrent trials ask for both banks.
+TWO_LEVELS_SPACE = """\
+description: Two augmentation levels (test).
+params:
+  aug_strength:
+    choice: [0.25, 0.75]
+  predictor_width:
+    choice: [16, 32]
+fixed:
+  batch_size: 25
+"""
+
+
+def two_levels(folder: Path) -> list[str]:
+    space = folder / "two_levels.yaml"
+    space.write_text(TWO_LEVELS_SPACE)
+    return ["--space", str(space)]
+
+
+EIGHT_AT_ONCE = "eight-at-once"
+EIGHT_DATA = {"views": 2, "images_per_class": 20, "eval_per_class": 10}
 
 
 def _mixed(folder: Path) -> list[str]:
@@ -107,6 +135,33 @@ SPECS = {
             trials=4,
         ),
         SweepSpec(MIXED, SMALL, trials=2, prepare=_mixed),
+        # One trial on one pool group of two ranks (tests/test_ddp.py), on the
+        # end-to-end sweep's data (one bank in the session's cache).
+        SweepSpec(
+            "learning_rate",
+            ("--space", "learning_rate", "--num-samples", "1", "--max-epochs", "2")
+            + ("--views", "2", "--workers-per-trial", "2", "--images-per-class", "30"),
+            trials=1,
+        ),
+        # 8 trials at once over two aug_strength levels, 2 epochs each, from an empty
+        # embedding cache of its own: concurrent logging to sqlite
+        # (tests/test_reliability.py) and the backbone running once per level while
+        # eight trials ask for the banks at once (tests/test_feature_cache.py). Eight
+        # trainables run at once (each opens its MLflow run and asks the cache for its
+        # bank); the cluster's 3 CPUs hold 3 pool groups of 1 CPU, which train them 3 at
+        # a time (the others wait in the pool's queue, RUNNING for Tune) and log epochs.
+        SweepSpec(
+            EIGHT_AT_ONCE,
+            ("--num-samples", "8", "--max-concurrent", "8", "--max-epochs", "2")
+            + ("--views", str(EIGHT_DATA["views"]))
+            + ("--images-per-class", str(EIGHT_DATA["images_per_class"]))
+            + ("--eval-per-class", str(EIGHT_DATA["eval_per_class"]))
+            + ("--val-per-class", str(EIGHT_DATA["eval_per_class"])),
+            trials=8,
+            prepare=two_levels,
+            fresh_cache=True,
+            first=True,
+        ),
     )
 }
 

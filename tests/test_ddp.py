@@ -18,7 +18,6 @@ from jepa import metrics as M
 from jepa.config import TrialConfig
 from jepa.objectives import build_objective
 from jepa.predictor import HierarchicalPredictor
-from tests.shared_sweeps import SweepSpec
 
 DIM, WIDTH, EXPANDER = 12, 8, 24
 # Unequal halves: a ragged last batch gives ranks batches of different sizes.
@@ -84,19 +83,10 @@ def test_vicreg_gives_the_same_loss_and_gradients_on_1_and_2_workers(tmp_path):
             torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-# One trial on one pool group of two ranks, run with the session's shared sweeps
-# (tests/shared_sweeps.py); the end-to-end and objective sweeps' data: one bank in the
-# session's cache.
-DDP_SWEEP = SweepSpec(
-    "ddp-two-workers",
-    ("--space", "predictor_width", "--num-samples", "1", "--max-epochs", "2")
-    + ("--views", "2", "--workers-per-trial", "2", "--images-per-class", "30"),
-    trials=1,
-)
-
-
+# One trial on one pool group of two ranks: the session's sweep of the learning_rate
+# space (tests/shared_sweeps.py), which the space test reads too.
 @pytest.mark.slow
-@pytest.mark.shared_sweep(DDP_SWEEP)
+@pytest.mark.shared_sweep("learning_rate")
 def test_two_worker_ddp_trial_on_cpu(shared_sweep):
     # Imported here: the spawned workers above import this module, and need no MLflow.
     from mlflow.tracking import MlflowClient

@@ -25,8 +25,7 @@ from jepa.features import (
     compute_mode,
 )
 from sweeps.spaces import list_spaces, load_space
-from tests.conftest import TWO_LEVELS_SPACE
-from tests.shared_sweeps import SweepSpec
+from tests.shared_sweeps import EIGHT_AT_ONCE, EIGHT_DATA, SweepSpec, two_levels
 
 KEY = FeatureKey(
     weights_hash="w" * 64,
@@ -234,12 +233,6 @@ def test_corrupted_real_bank_is_recomputed(tmp_path, real, damage):
     assert store.load(key) is not None  # and the store holds a good copy again
 
 
-def _two_levels(folder: Path) -> list[str]:
-    space = folder / "two_levels.yaml"
-    space.write_text(TWO_LEVELS_SPACE)
-    return ["--space", str(space)]
-
-
 # 8 trials over 2 aug_strength levels, one at a time, from an empty cache of its own: it
 # counts the backbone's work. Run with the session's shared sweeps (tests/shared_sweeps.py).
 VIEWS, PER_CLASS, EVAL_PER_CLASS = 2, 5, 2
@@ -249,7 +242,7 @@ ONE_AT_A_TIME = SweepSpec(
     + ("--images-per-class", str(PER_CLASS), "--eval-per-class", str(EVAL_PER_CLASS))
     + ("--val-per-class", str(EVAL_PER_CLASS), "--max-concurrent", "1"),
     trials=8,
-    prepare=_two_levels,
+    prepare=two_levels,
     fresh_cache=True,
 )
 
@@ -264,11 +257,15 @@ def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(shared_sweep
 
 
 @pytest.mark.slow
-def test_sweep_runs_the_backbone_once_per_level_eight_trials_at_once(concurrent_sweep):
-    """The same with eight trials at once (the session's `concurrent_sweep`), which ask
-    for the two banks while the first is being computed."""
-    c = concurrent_sweep
-    _check_once_per_level(c.proc, c.dirs, c.views, c.images_per_class, c.eval_per_class)
+@pytest.mark.shared_sweep(EIGHT_AT_ONCE)
+def test_sweep_runs_the_backbone_once_per_level_eight_trials_at_once(shared_sweep):
+    """The same with eight trials at once (the session's `eight-at-once` sweep), which
+    ask for the two banks while the first is being computed."""
+    d = EIGHT_DATA
+    sweep = shared_sweep
+    _check_once_per_level(
+        sweep.proc, sweep.dirs, d["views"], d["images_per_class"], d["eval_per_class"]
+    )
 
 
 def _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class) -> None:

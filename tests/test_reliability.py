@@ -33,7 +33,7 @@ from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import search, tracking
 from tests.conftest import ROOT, RUN, SweepDirs, run_cli
-from tests.shared_sweeps import Scenario, SweepSpec
+from tests.shared_sweeps import EIGHT_AT_ONCE, Scenario, SweepSpec
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
 TRIAL_METRICS = (
@@ -517,10 +517,11 @@ def test_nan_loss_ends_the_trial_early_tagged_diverged(faulty_sweep):
 
 
 @pytest.mark.slow
-def test_eight_concurrent_trials_on_sqlite_lose_nothing(concurrent_sweep):
-    """8 trials at once (the session's `concurrent_sweep`, tests/conftest.py), their
-    runs, metrics and artifacts written to one sqlite store at the same time."""
-    proc, sweep_dirs = concurrent_sweep.proc, concurrent_sweep.dirs
+@pytest.mark.shared_sweep(EIGHT_AT_ONCE)
+def test_eight_concurrent_trials_on_sqlite_lose_nothing(shared_sweep):
+    """8 trials at once (the session's `eight-at-once` sweep, tests/shared_sweeps.py),
+    their runs, metrics and artifacts written to one sqlite store at the same time."""
+    proc, sweep_dirs = shared_sweep.proc, shared_sweep.dirs
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "database is locked" not in output
