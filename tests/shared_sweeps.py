@@ -47,6 +47,9 @@ MIXED = "mixed"
 SMALL = ("--views", "2", "--images-per-class", "10", "--val-per-class", "5")
 SMALL += ("--eval-per-class", "5", "--num-samples", "2", "--max-epochs", "1")
 SMALL += ("--max-concurrent", "1")
+# The data of the sweeps that read their bank from the session's embedding cache (which
+# the first of them computes): 30 training digits of each class, 2 views.
+BANKED = ("--views", "2", "--images-per-class", "30")
 
 MIXED_SPACE = """\
 description: choice, uniform, loguniform and int in one space
@@ -123,7 +126,7 @@ SPECS = {
         SweepSpec(
             "predictor_width",
             ("--space", "predictor_width", "--num-samples", "7", "--max-epochs", "2")
-            + ("--views", "2", "--images-per-class", "30", "--max-concurrent", "2"),
+            + (*BANKED, "--max-concurrent", "2"),
             trials=7,
         ),
         # The four objectives over 4 epochs, on the same data as predictor_width's (the
@@ -131,7 +134,7 @@ SPECS = {
         SweepSpec(
             "objective",
             ("--space", "objective", "--num-samples", "4", "--max-epochs", "4")
-            + ("--views", "2", "--images-per-class", "30", "--max-concurrent", "1"),
+            + (*BANKED, "--max-concurrent", "1"),
             trials=4,
         ),
         SweepSpec(MIXED, SMALL, trials=2, prepare=_mixed),
@@ -140,7 +143,7 @@ SPECS = {
         SweepSpec(
             "learning_rate",
             ("--space", "learning_rate", "--num-samples", "1", "--max-epochs", "2")
-            + ("--views", "2", "--workers-per-trial", "2", "--images-per-class", "30"),
+            + (*BANKED, "--workers-per-trial", "2"),
             trials=1,
         ),
         # 8 trials at once over two aug_strength levels, 2 epochs each, from an empty
