@@ -19,6 +19,7 @@ import pytest
 
 from tests.chromium import browser_context, screenshot
 from tests.conftest import ROOT, RUN
+from tests.shared_sweeps import BANKED
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +79,11 @@ class Sweep:
 
 @pytest.fixture
 def sweep(sweep_dirs) -> Sweep:
-    # Few images, so the embedding cache is soon ready and the trials start; epochs enough
-    # to keep them alive while the test looks (it stops the sweep then).
+    # The shared sweeps' data, whose bank the session's embedding cache holds, so the
+    # trials start soon; epochs enough to keep them alive while the test looks (it stops
+    # the sweep then).
     args = ["--space", "predictor_width", "--num-samples", str(TRIALS), "--max-epochs", "1000"]
-    data = ["--images-per-class", "30", "--eval-per-class", "20", "--views", "2"]
-    running = Sweep([*args, *data, *sweep_dirs.flags()], sweep_dirs.root / "sweep.log")
+    running = Sweep([*args, *BANKED, *sweep_dirs.flags()], sweep_dirs.root / "sweep.log")
     try:
         yield running
     finally:
