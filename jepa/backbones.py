@@ -22,13 +22,13 @@ from torch import nn
 # Defined in jepa.backbone_spec and jepa.frozen (light, and no loop with jepa.ijepa),
 # named here too.
 from jepa.backbone_spec import DEMO as DEMO
+from jepa.backbone_spec import DEMO_IMAGE_SIZE as DEMO_IMAGE_SIZE
 from jepa.backbone_spec import IJEPA as IJEPA
 from jepa.backbone_spec import BackboneSpec as BackboneSpec
 from jepa.errors import UserInputError
 from jepa.features import file_sha256 as file_sha256  # a checkpoint's hash, as a bank's
 from jepa.frozen import FrozenBackbone as FrozenBackbone
 
-DEMO_IMAGE_SIZE = 32
 DEMO_SEED = 0
 
 

@@ -84,6 +84,7 @@ class FeatureCacheActor:
         self.device = "cuda" if gpu_share > 0 else "cpu"
         self.weights_hash = backbone_hash
         self._backbone = None
+        self._image_size: int | None = None
         self._banks: dict[tuple[float, int], ray.ObjectRef] = {}
         self._dataset_ref: ray.ObjectRef | None = None
         self.images_embedded = 0
@@ -98,16 +99,33 @@ class FeatureCacheActor:
             manifest_hash=self.dataset.manifest_hash,
             aug_strength=float(aug_strength),
             n_views=n_views,
-            image_size=self.backbone().image_size,
+            image_size=self.image_size(),
             seed=self.seed,
             compute=compute_mode(self.device),
         )
 
+    def image_size(self) -> int:
+        """The backbone's input size, a part of every bank's key, without building the
+        backbone: a sweep whose banks are all on disk never loads its weights (nor
+        imports timm and torchvision, ~1.6 s of CPU; a ViT-H/14 checkpoint is 2.5 GB)."""
+        if self._image_size is None:
+            from jepa.backbone_spec import image_size
+
+            self._image_size = image_size(self.backbone_spec)
+        return self._image_size
+
     def backbone(self) -> FrozenBackbone:
+        """The backbone, built the first time a bank is computed here."""
         if self._backbone is None:
             from jepa.backbones import build_backbone
 
-            self._backbone = build_backbone(self.backbone_spec)
+            backbone = build_backbone(self.backbone_spec)
+            if backbone.image_size != self.image_size():  # the keys would name other banks
+                raise RuntimeError(
+                    f"{self.backbone_spec.name}: built with input size {backbone.image_size}, "
+                    f"but its spec says {self.image_size()}"
+                )
+            self._backbone = backbone
         return self._backbone
 
     def bank(self, aug_strength: float) -> list[ray.ObjectRef]:

@@ -287,3 +287,30 @@ def _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class) ->
         assert trial.data.metrics[M.TIME_OVERHEAD] >= 0
     # Both banks are on disk for the next sweep.
     assert len(list(sweep_dirs.cache_dir.glob("*.pt"))) == 2
+
+
+def test_a_cache_that_finds_its_bank_on_disk_never_builds_the_backbone(tmp_path, real):
+    """The cache actor's keys need the backbone's input size only: a sweep whose banks
+    are on disk does not load the weights (a ViT-H/14 checkpoint is 2.5 GB)."""
+    from sweeps.feature_cache import FeatureCacheActor
+
+    cache_class = FeatureCacheActor.__ray_metadata__.modified_class  # the class, no actor
+    backbone, dataset = real
+    args = (str(tmp_path), BackboneSpec(), dataset, state_dict_hash(backbone.vit), 2, 0)
+    first = cache_class(*args)
+    computed = first._load_or_compute(0.5, 2)
+    assert first._backbone is not None and first.stats()["disk_hits"] == 0
+    second = cache_class(*args)
+    loaded = second._load_or_compute(0.5, 2)
+    assert second._backbone is None and second.stats()["disk_hits"] == 1
+    assert torch.equal(loaded.views, computed.views)
+
+
+def test_the_image_size_from_the_spec_is_the_built_backbones(tmp_path):
+    from jepa.backbone_spec import image_size
+    from tests.test_ijepa import small_pair, write_ijepa_checkpoint
+
+    checkpoint = tmp_path / "IN1K-vit.h.14-300e.pth.tar"
+    write_ijepa_checkpoint(checkpoint, *small_pair())
+    for spec in (BackboneSpec(), BackboneSpec("ijepa", str(checkpoint))):
+        assert image_size(spec) == build_backbone(spec).image_size, spec
