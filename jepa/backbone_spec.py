@@ -38,15 +38,3 @@ class BackboneSpec:
             if self.is_demo
             else f"{self.name}:{Path(self.checkpoint).name}:{self.encoder}"
         )
-
-
-def image_size(spec: BackboneSpec) -> int:
-    """The input size S ([B, 3, S, S]) of the backbone `spec` names, without building it
-    or loading its weights: the demo's is fixed; a checkpoint's comes from its tensor
-    shapes, read memory-mapped (`jepa.ijepa.inspect_checkpoint`). An embedding cache
-    that finds its banks on disk needs no more of the backbone than this."""
-    if spec.name == DEMO:
-        return DEMO_IMAGE_SIZE
-    from jepa.ijepa import inspect_checkpoint
-
-    return inspect_checkpoint(spec).shape.img_size

@@ -36,6 +36,19 @@ CACHE_ENV = {
 """Environment of the cache actor's process (libgomp reads it when torch loads)."""
 
 
+def image_size(spec: BackboneSpec) -> int:
+    """The input size S ([B, 3, S, S]) of the backbone `spec` names, without building it
+    or loading its weights: the demo's is fixed; a checkpoint's comes from its tensor
+    shapes, read memory-mapped (`jepa.ijepa.inspect_checkpoint`)."""
+    from jepa.backbone_spec import DEMO, DEMO_IMAGE_SIZE
+
+    if spec.name == DEMO:
+        return DEMO_IMAGE_SIZE
+    from jepa.ijepa import inspect_checkpoint
+
+    return inspect_checkpoint(spec).shape.img_size
+
+
 # num_gpus in the decorator (the share actually used comes from `.options`), and
 # max_calls=1: the worker process exits after each bank and hands back its CUDA context,
 # PyTorch's cached GPU memory (the backbone's weights and more, which Ray no longer counts
@@ -109,8 +122,6 @@ class FeatureCacheActor:
         backbone: a sweep whose banks are all on disk never loads its weights (nor
         imports timm and torchvision, ~1.6 s of CPU; a ViT-H/14 checkpoint is 2.5 GB)."""
         if self._image_size is None:
-            from jepa.backbone_spec import image_size
-
             self._image_size = image_size(self.backbone_spec)
         return self._image_size
 

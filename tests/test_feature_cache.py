@@ -307,7 +307,7 @@ def test_a_cache_that_finds_its_bank_on_disk_never_builds_the_backbone(tmp_path,
 
 
 def test_the_image_size_from_the_spec_is_the_built_backbones(tmp_path):
-    from jepa.backbone_spec import image_size
+    from sweeps.feature_cache import image_size
     from tests.test_ijepa import small_pair, write_ijepa_checkpoint
 
     checkpoint = tmp_path / "IN1K-vit.h.14-300e.pth.tar"
