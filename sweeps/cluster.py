@@ -201,10 +201,10 @@ def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, slots)
 
 
-# What one pool group's processes hold (`sweeps.pool`): the task that drives its
-# TorchTrainer and Train's controller (~1.5 GiB RSS together with the helper actors
-# since left out, each imports torch), and per rank a worker with torch and the banks it
-# keeps (~0.9 GiB on the demo). Measured with `ps` during an 8-trial demo sweep on the CPU.
+# What one pool group's processes hold (`sweeps.pool`): Train's controller (~1.5 GiB RSS
+# together with the task that drove it and the helper actors, all since left out or
+# merged into the broker: an upper bound now), and per rank a worker with torch and the
+# banks it keeps (~0.9 GiB on the demo). Measured with `ps` during an 8-trial demo sweep.
 GROUP_BASE_BYTES = 1.5 * 2**30
 RANK_BYTES = 0.9 * 2**30
 

@@ -42,8 +42,8 @@ import ray
 
 # Ray Train V2 defaults suited to long-lived groups whose loop never reports: a dead
 # worker is noticed within a health-check interval (default 2 s), and no preemption
-# watcher actor is started per group. Given to the task that calls `fit`, whose
-# environment Train passes on to its controller and workers.
+# watcher actor is started per group. Given to the broker, which calls `fit`: Train
+# passes that process's environment on to its controllers and workers.
 TRAIN_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",  # the default in Ray 2.60; FailureConfig below is V2's
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
@@ -68,11 +68,17 @@ class _Trial:
     cancelled: bool = False
 
 
-@ray.remote(num_cpus=0, max_concurrency=64)
+# Threads of their own for the groups' `fit` calls (one each for the whole sweep), so
+# that they never take the threads the trainables' and workers' calls wait in.
+_GROUP_THREADS = "groups"
+
+
+@ray.remote(num_cpus=0, max_concurrency=64, concurrency_groups={_GROUP_THREADS: 256})
 class Broker:
     """The pool's one piece of shared state: the queue of trial configs, which group
-    runs which trial, and each trial's rows until its trainable collects them. A
-    threaded actor: the waiting calls (`next_trial`, `take`) block on one condition."""
+    runs which trial, and each trial's rows until its trainable collects them; and the
+    process that drives every group's TorchTrainer (`run_group`). A threaded actor: the
+    waiting calls (`next_trial`, `take`) block on one condition."""
 
     def __init__(self, lease_s: float) -> None:
         self._lease_s = lease_s
@@ -121,6 +127,22 @@ class Broker:
                 trial.state = "lost"
                 trial.error = f"pool worker group {group} died while running trial {held}"
             self._cond.notify_all()
+
+    @ray.method(concurrency_group=_GROUP_THREADS)
+    def run_group(self, trainer_kwargs: dict[str, Any]) -> None:
+        """Drive one group's TorchTrainer until the pool closes; if Train gives the
+        group up, record that and remove what its controller may have left reserved.
+
+        Here, in a thread of the broker, rather than in a task per group: a task's
+        process imports Ray Train and torch (~3 s of CPU) to wait on `fit` for the whole
+        sweep; one process waits for all the groups. Like a task it holds no CPU."""
+        group = trainer_kwargs["loop"]["group"]
+        try:
+            _fit_group(trainer_kwargs)
+        except Exception:
+            self.group_failed(group, traceback.format_exc())
+            _remove_left_placement(self.placement(group))
+            raise
 
     def placement(self, group: int) -> Any:
         """The placement group `group`'s workers last started in, or None."""
@@ -294,7 +316,7 @@ def _pool_trainer_class() -> type:
       placement group, killing its worker mid-trial (twice in one sweep; the trials
       failed as `PoolWorkerDied`). A pool group runs for the whole sweep, so it would ask
       ~once a second for all of it. Without it nothing is left behind: the controller
-      removes its placement group when it ends, and when it dies, `_run_group` removes it
+      removes its placement group when it ends, and when it dies, `Broker.run_group` removes it
       (`_remove_left_placement`);
     - the DatasetsCallback's DatasetManager, an actor that serves Ray Data shards, which
       the pool's loop never asks for (trials fetch their banks from the cache actor).
@@ -325,13 +347,10 @@ def _pool_trainer_class() -> type:
     return PoolTrainer
 
 
-@ray.remote(num_cpus=0)
-def _run_group(trainer_kwargs: dict[str, Any]) -> None:
-    """Drive one group's TorchTrainer until the pool closes (a task, so that it may
-    sit on any node and holds no CPU); tell the broker if Train gives the group up."""
+def _fit_group(kw: dict[str, Any]) -> None:
+    """One group's TorchTrainer, run until its loop returns (the pool closed)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
-    kw = trainer_kwargs
     trainer = _pool_trainer_class()(
         _group_loop,
         train_loop_config=kw["loop"],
@@ -344,14 +363,7 @@ def _run_group(trainer_kwargs: dict[str, Any]) -> None:
             failure_config=FailureConfig(max_failures=kw["restarts"]),
         ),
     )
-    try:
-        trainer.fit()
-    except Exception:
-        broker = ray.get_actor(kw["loop"]["broker"], namespace=kw["loop"]["namespace"])
-        group = kw["loop"]["group"]
-        ray.get(broker.group_failed.remote(group, traceback.format_exc()))
-        _remove_left_placement(ray.get(broker.placement.remote(group)))
-        raise
+    trainer.fit()
 
 
 def _remove_left_placement(placement: Any) -> None:
@@ -438,9 +450,13 @@ class PoolTrials:
         restarts: int = 10,
     ) -> None:
         self.name, self.namespace = name, namespace
-        self.broker = Broker.options(name=pool_broker_name(name), namespace=namespace).remote(
-            lease_s
-        )
+        # TRAIN_ENV in the broker's environment: it calls `fit`, and Train passes that
+        # process's environment on to the controllers and workers.
+        self.broker = Broker.options(
+            name=pool_broker_name(name),
+            namespace=namespace,
+            runtime_env={"env_vars": dict(TRAIN_ENV)},
+        ).remote(lease_s)
         ray.get(self.broker.expect.remote(groups))
         loop = {
             "broker": pool_broker_name(name),
@@ -448,7 +464,7 @@ class PoolTrials:
             "body": ray.cloudpickle.dumps(body),
         }
         self._groups = [
-            _run_group.options(runtime_env={"env_vars": dict(TRAIN_ENV)}).remote(
+            self.broker.run_group.remote(
                 {
                     "loop": {**loop, "group": g},
                     "workers": workers_per_group,

@@ -203,7 +203,7 @@ def test_a_killed_controller_leaves_no_placement_group_behind(pool):
     """The groups run without Ray Train's PlacementGroupCleaner (it removed live groups'
     placement groups on a busy machine: `sweeps.pool._pool_trainer_class`). What it was
     for still holds: a group whose controller is killed with SIGKILL does not keep its
-    placement group reserved (Ray would until the job ends; `_run_group` removes it).
+    placement group reserved (Ray would until the job ends; `Broker.run_group` removes it).
     Last of the shared pool's tests: it leaves the pool one group short."""
     assert len(_alive_actors("TrainController")) == 2
     assert _alive_actors("PlacementGroupCleaner") == []
