@@ -15,15 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "sweeps" / "run.py"
-_SESSION_ENV = dict(os.environ)
-
-
-def session_env() -> dict[str, str]:
-    """The environment the session started with, for the processes tests start. The
-    shared slow runs start theirs while other tests run in this process, some with an
-    environment variable patched (`monkeypatch.setenv`, e.g. an injected failure) that
-    must not reach a sweep of the batch."""
-    return dict(_SESSION_ENV)
 
 
 @dataclass
@@ -82,7 +73,7 @@ def run_cli(
     of starting one."""
     if cluster:
         args, env = [*args, *cluster], {**cluster_env(), **(env or {})}
-    full_env = {**session_env(), "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, str(RUN), *args],
@@ -170,56 +161,26 @@ def cluster_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token"}
 
 
-def _reads_shared_runs(item: pytest.Item) -> bool:
-    from tests.shared_sweeps import MARKER
-
-    return item.get_closest_marker(MARKER) is not None
-
-
-def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
-    """First the tests that need neither a shared slow run nor a slow run of their own:
-    they run while the shared runs do (`_shared_batch`), mostly on one core where the
-    runs keep both busy; then the tests that read the shared runs; then the other slow
-    tests. Stable: each group keeps the files' order."""
-
-    def group(item: pytest.Item) -> int:
-        if _reads_shared_runs(item):
-            return 1
-        return 2 if item.get_closest_marker("slow") else 0
-
-    items.sort(key=group)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _shared_batch(request, tmp_path_factory, embedding_cache):
-    """The session's slow runs (tests/shared_sweeps.py), started in the background
-    before the first test: the sweeps and scenarios that the session's selected tests
-    name with `@pytest.mark.shared_sweep(...)`, two at a time. None: no test names one."""
-    from tests.shared_sweeps import MARKER, SweepSpec, spec_of, start_shared_sweeps
+@pytest.fixture(scope="session")
+def shared_sweeps(request, tmp_path_factory, embedding_cache) -> dict:
+    """{name: what it left} of the session's slow runs (tests/shared_sweeps.py): the
+    sweeps and scenarios the session's selected tests name with
+    `@pytest.mark.shared_sweep(...)`, all run (two at a time) when the first is asked for,
+    before any test reads one. Reading a run that raised raises that."""
+    from tests.shared_sweeps import MARKER, SweepSpec, run_shared_sweeps, spec_of
 
     wanted: dict = {}
     for item in request.session.items:
         for mark in item.iter_markers(MARKER):
             spec = spec_of(mark.args[0])
             assert wanted.setdefault(spec.name, spec) == spec, f"two sweeps named {spec.name}"
-    if not wanted:
-        yield None
-        return
     # The session's cluster, started only for sweeps (scenarios start what they need).
     sweeps = any(isinstance(spec, SweepSpec) for spec in wanted.values())
     cluster = request.getfixturevalue("ray_cluster") if sweeps else []
     root = tmp_path_factory.mktemp("shared-sweeps")
-    runs = start_shared_sweeps(list(wanted.values()), root, embedding_cache, cluster)
+    runs = run_shared_sweeps(list(wanted.values()), root, embedding_cache, cluster)
     request.config.stash[SHARED_RUNS] = runs
-    yield runs
-    runs.wait()  # before the cluster fixture stops the cluster under a run
-
-
-@pytest.fixture(scope="session")
-def shared_sweeps(_shared_batch) -> dict:
-    """{name: what it left} of the session's shared slow runs, once all are done (the
-    first test that asks waits for them). Reading a run that raised raises that."""
-    return _shared_batch.wait()
+    return runs
 
 
 SHARED_RUNS = pytest.StashKey()

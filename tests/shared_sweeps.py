@@ -33,7 +33,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,11 +211,6 @@ class SharedRuns(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         return self._futures[name].result()
 
-    def wait(self) -> SharedRuns:
-        """Once every run is done (what raised raises only when read)."""
-        futures_wait(list(self._futures.values()))
-        return self
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._futures)
 
@@ -231,13 +225,13 @@ class SharedRuns(Mapping[str, Any]):
 AT_ONCE = 2
 
 
-def start_shared_sweeps(
+def run_shared_sweeps(
     specs: list[SweepSpec | Scenario], root: Path, embedding_cache: Path, cluster: list[str]
 ) -> SharedRuns:
-    """Start `specs` (the longest first, `AT_ONCE` at a time) in threads of this process,
-    each in a folder of its own, `root/<name>`: sweeps on `cluster` with the session's
-    embedding cache (or an empty one of their own), scenarios as they say. Returns at
-    once; `SharedRuns.wait()` waits for them."""
+    """Run `specs` (the longest first, `AT_ONCE` at a time) each in a folder of its own,
+    `root/<name>`: sweeps on `cluster` with the session's embedding cache (or an empty one
+    of their own), scenarios as they say. Returns once every one is done."""
+
     began = time.monotonic()
     walls: dict[str, tuple[float, float]] = {}
 
@@ -259,10 +253,9 @@ def start_shared_sweeps(
         return SharedSweep(proc, dirs, spec)
 
     ordered = sorted(specs, key=lambda spec: -spec.weight)
-    pool = ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="shared-run")
-    futures = {spec.name: pool.submit(run, spec) for spec in ordered}
-    pool.shutdown(wait=False)  # the threads end with their last run
-    return SharedRuns(futures, walls)
+    with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        futures = {spec.name: pool.submit(run, spec) for spec in ordered}
+    return SharedRuns(futures, walls)  # leaving the `with` waited for all of them
 
 
 def summary_lines(runs: SharedRuns) -> list[str]:

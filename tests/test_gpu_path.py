@@ -26,7 +26,7 @@ from jepa.features import FeatureBank
 from jepa.probe import knn_accuracy, linear_probe
 from jepa.train import EvalSet, epoch_metrics, train_predictor
 from jepa.views import CachedViewPairs
-from tests.conftest import ROOT, session_env
+from tests.conftest import ROOT
 from tests.fake_cuda import fake_cuda, on_fake_cuda
 from tests.shared_sweeps import Scenario
 
@@ -270,7 +270,7 @@ def _gpu_check_without_a_gpu(folder: Path, cache: Path, cluster: list[str]):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**session_env(), "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
     )
 
 

@@ -32,7 +32,7 @@ from jepa.config import TrialConfig
 from jepa.train import STATUS_DIVERGED, EvalSet, train_predictor
 from jepa.views import CachedViewPairs
 from sweeps import search, tracking
-from tests.conftest import ROOT, RUN, SweepDirs, run_cli, session_env
+from tests.conftest import ROOT, RUN, SweepDirs, run_cli
 from tests.shared_sweeps import EIGHT_AT_ONCE, Scenario, SweepSpec
 
 SMALL = ["--views", "2", "--images-per-class", "20", "--eval-per-class", "10"]
@@ -159,7 +159,7 @@ def _flags(sweep_dirs, cache: Path) -> list[str]:
 
 def _start(args: list[str]) -> subprocess.Popen:
     """The CLI in its own session, as from a terminal (Ctrl-C reaches its process group)."""
-    env = {**session_env(), "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, str(RUN), *args],

@@ -25,7 +25,7 @@ from PIL import Image
 from jepa import metrics as M
 from jepa.data import DatasetSpec, load_dataset
 from jepa.errors import UserInputError
-from tests.conftest import ROOT, RUN, session_env
+from tests.conftest import ROOT, RUN
 from tests.shared_sweeps import Scenario
 
 WNIDS = ["n01443537", "n01629819", "n01641577"]
@@ -239,7 +239,7 @@ def _sweep_at_the_default_places(folder: Path, cache: Path, cluster: list[str]) 
     # Only the trial budget is set; backbone, checkpoint, data, MLflow store, Ray storage
     # and embedding cache are the defaults (all inside the copied project).
     # PYTHONPATH: Ray's workers import the copy too.
-    env = {**session_env(), "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(project)}
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(project)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
         [sys.executable, str(project / RUN.relative_to(ROOT)), "--space", "predictor_width"]
