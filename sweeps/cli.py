@@ -210,7 +210,7 @@ def check_storage(storage: str) -> str:
     (s3://, gs://) are refused: the driver writes the sweep's own state there as plain
     files (sweep.json, the Optuna journal, sweep.log), which `Path` would put in a local
     folder named "s3:" instead."""
-    scheme, sep, rest = storage.partition("://")
+    scheme, sep, _ = storage.partition("://")
     if not sep:
         return str(Path(storage).resolve())
     if scheme == "file":
