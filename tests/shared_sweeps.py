@@ -2,7 +2,7 @@
 tests/conftest.py): the demo sweeps several test modules read, and the sweeps and
 scenarios single tests give it.
 
-A tiny sweep costs ~45 CPU-s on 2 cores whatever it checks (a driver, a cache actor and
+A tiny sweep costs ~36-45 CPU-s on 2 cores whatever it checks (a driver, a cache actor and
 a pool group each import torch, Ray and MLflow), and alone it keeps the 2 cores ~70%
 busy. So a test that only reads what a sweep logged reads the session's sweep of that
 space instead of running its own:
