@@ -6,8 +6,17 @@ run logged and recomputes its probe and t-SNE picture with these functions.
 
 from __future__ import annotations
 
-import pickle
 import sys
+
+if __name__ == "__main__":
+    # `python -m jepa.evaluate` (DESIGN.md) is `sweeps.single`'s command: hand over before the
+    # imports below, which would load torch and scikit-learn (~3 s) only for the process
+    # that replaces this one to load them again.
+    from jepa.commands import hand_over
+
+    hand_over("evaluate", sys.argv[1:])
+
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,9 +159,3 @@ def clean_bank(
         val_clean=embed_images(backbone, dataset.val_images, clean, device=device),
         val_labels=dataset.val_labels.clone(),
     )
-
-
-if __name__ == "__main__":
-    from jepa.commands import hand_over
-
-    hand_over("evaluate", sys.argv[1:])

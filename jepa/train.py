@@ -8,8 +8,17 @@ the other way: `jepa/commands.py` says how the command reaches it).
 
 from __future__ import annotations
 
-import math
 import sys
+
+if __name__ == "__main__":
+    # `python -m jepa.train` (DESIGN.md) is `sweeps.single`'s command: hand over before the
+    # imports below, which would load torch and scikit-learn (~3 s) only for the process
+    # that replaces this one to load them again.
+    from jepa.commands import hand_over
+
+    hand_over("train", sys.argv[1:])
+
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,9 +267,3 @@ def save_predictor(predictor: HierarchicalPredictor, cfg: TrialConfig, path: str
     state = {k: v.detach().cpu() for k, v in predictor.state_dict().items()}
     torch.save({"state_dict": state, "config": cfg.to_dict(), "dim": predictor.dim}, path)
     return path
-
-
-if __name__ == "__main__":
-    from jepa.commands import hand_over
-
-    hand_over("train", sys.argv[1:])
