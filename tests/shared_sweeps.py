@@ -11,6 +11,8 @@ space instead of running its own:
   the MLflow UI in a browser (tests/test_browser.py), the space sweeps;
 - `objective` (4 trials, every objective): tests/test_sweep_objective.py, the space sweeps;
 - `learning_rate` (1 trial on a group of two ranks): tests/test_ddp.py, the space sweeps;
+- `aug_strength` (6 trials, one at a time, from an empty cache): tests/test_feature_cache.py,
+  the space sweeps;
 - the other spaces and `mixed` (2 trials each): tests/test_sweep_spaces.py;
 - `eight-at-once` (8 trials at once): tests/test_feature_cache.py, tests/test_reliability.py;
 
@@ -109,6 +111,8 @@ def two_levels(folder: Path) -> list[str]:
 
 EIGHT_AT_ONCE = "eight-at-once"
 EIGHT_DATA = {"views": 2, "images_per_class": 20, "eval_per_class": 10}
+AUG_STRENGTH = "aug_strength"
+ONE_AT_A_TIME_DATA = {"views": 2, "images_per_class": 5, "eval_per_class": 2}
 
 
 def _mixed(folder: Path) -> list[str]:
@@ -138,6 +142,21 @@ SPECS = {
             trials=4,
         ),
         SweepSpec(MIXED, SMALL, trials=2, prepare=_mixed),
+        # The aug_strength space one trial at a time from an empty embedding cache of its
+        # own: its first 4 trials cover the 4 levels, the last 2 come back to levels
+        # whose banks are on disk, so tests/test_feature_cache.py can count the
+        # backbone's work (once per level), besides the space sweeping.
+        SweepSpec(
+            AUG_STRENGTH,
+            ("--space", AUG_STRENGTH, "--num-samples", "6", "--max-epochs", "1")
+            + ("--views", str(ONE_AT_A_TIME_DATA["views"]))
+            + ("--images-per-class", str(ONE_AT_A_TIME_DATA["images_per_class"]))
+            + ("--eval-per-class", str(ONE_AT_A_TIME_DATA["eval_per_class"]))
+            + ("--val-per-class", str(ONE_AT_A_TIME_DATA["eval_per_class"]))
+            + ("--max-concurrent", "1"),
+            trials=6,
+            fresh_cache=True,
+        ),
         # One trial on one pool group of two ranks (tests/test_ddp.py), on the
         # end-to-end sweep's data (one bank in the session's cache).
         SweepSpec(

@@ -25,7 +25,7 @@ from jepa.features import (
     compute_mode,
 )
 from sweeps.spaces import list_spaces, load_space
-from tests.shared_sweeps import EIGHT_AT_ONCE, EIGHT_DATA, SweepSpec, two_levels
+from tests.shared_sweeps import AUG_STRENGTH, EIGHT_AT_ONCE, EIGHT_DATA, ONE_AT_A_TIME_DATA
 
 KEY = FeatureKey(
     weights_hash="w" * 64,
@@ -233,60 +233,53 @@ def test_corrupted_real_bank_is_recomputed(tmp_path, real, damage):
     assert store.load(key) is not None  # and the store holds a good copy again
 
 
-# 8 trials over 2 aug_strength levels, one at a time, from an empty cache of its own: it
-# counts the backbone's work. Run with the session's shared sweeps (tests/shared_sweeps.py).
-VIEWS, PER_CLASS, EVAL_PER_CLASS = 2, 5, 2
-ONE_AT_A_TIME = SweepSpec(
-    "feature-cache-one-at-a-time",
-    ("--num-samples", "8", "--max-epochs", "1", "--views", str(VIEWS))
-    + ("--images-per-class", str(PER_CLASS), "--eval-per-class", str(EVAL_PER_CLASS))
-    + ("--val-per-class", str(EVAL_PER_CLASS), "--max-concurrent", "1"),
-    trials=8,
-    prepare=two_levels,
-    fresh_cache=True,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.shared_sweep(ONE_AT_A_TIME)
+@pytest.mark.shared_sweep(AUG_STRENGTH)
 def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(shared_sweep):
-    """8 trials over 2 aug_strength levels, one at a time: the backbone runs exactly
-    2 x (V x train images + clean views)."""
-    sweep = shared_sweep
-    _check_once_per_level(sweep.proc, sweep.dirs, VIEWS, PER_CLASS, EVAL_PER_CLASS)
+    """The session's `aug_strength` sweep: 6 trials over the space's 4 levels, one at a
+    time, from an empty cache of its own: the backbone runs exactly 4 x (V x train images
+    + clean views), although 2 trials come back to a level."""
+    d, sweep = ONE_AT_A_TIME_DATA, shared_sweep
+    _, levels = load_space(AUG_STRENGTH).params["aug_strength"]
+    assert len(levels) == 4
+    _check_once_per_level(
+        sweep, d["views"], d["images_per_class"], d["eval_per_class"], levels, trials=6
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.shared_sweep(EIGHT_AT_ONCE)
 def test_sweep_runs_the_backbone_once_per_level_eight_trials_at_once(shared_sweep):
-    """The same with eight trials at once (the session's `eight-at-once` sweep), which
-    ask for the two banks while the first is being computed."""
+    """The same with eight trials at once over two levels (the session's `eight-at-once`
+    sweep), which ask for the two banks while the first is being computed."""
     d = EIGHT_DATA
-    sweep = shared_sweep
     _check_once_per_level(
-        sweep.proc, sweep.dirs, d["views"], d["images_per_class"], d["eval_per_class"]
+        shared_sweep, d["views"], d["images_per_class"], d["eval_per_class"], {0.25, 0.75}, 8
     )
 
 
-def _check_once_per_level(proc, sweep_dirs, views, per_class, eval_per_class) -> None:
+def _check_once_per_level(sweep, views, per_class, eval_per_class, levels, trials) -> None:
+    """`trials` trials over `levels` (each visited): one bank per level, computed before
+    the trials (which never run the backbone), and all of them left on disk."""
+    proc, sweep_dirs = sweep.proc, sweep.dirs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_SWEEP)
-    trials = [r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL]
-    assert len(trials) == 8
-    assert {float(t.data.params["aug_strength"]) for t in trials} == {0.25, 0.75}
+    runs_of_trials = [r for r in runs if r.data.tags[M.TAG_ROLE] == M.ROLE_TRIAL]
+    assert len(runs_of_trials) == trials > len(levels)  # some trial comes back to a level
+    assert {float(t.data.params["aug_strength"]) for t in runs_of_trials} == set(levels)
     train, evaluation = 10 * per_class, 10 * eval_per_class  # digits: 10 classes
     assert int(parent.data.params["train_images"]) == train
     assert int(parent.data.params["eval_images"]) == evaluation
-    expected = 2 * (views * train + train + 2 * evaluation)  # validation as large as test
-    assert parent.data.metrics["backbone_images"] == expected
-    for trial in trials:  # the trials themselves never ran the backbone
+    per_level = views * train + train + 2 * evaluation  # validation as large as test
+    assert parent.data.metrics["backbone_images"] == len(levels) * per_level
+    for trial in runs_of_trials:  # the trials themselves never ran the backbone
         assert trial.data.metrics["backbone_images"] == 0
         assert trial.data.metrics[M.TIME_OVERHEAD] >= 0
-    # Both banks are on disk for the next sweep.
-    assert len(list(sweep_dirs.cache_dir.glob("*.pt"))) == 2
+    # Every level's bank is on disk for the next sweep.
+    assert len(list(sweep_dirs.cache_dir.glob("*.pt"))) == len(levels)
 
 
 def test_a_cache_that_finds_its_bank_on_disk_never_builds_the_backbone(tmp_path, real):
