@@ -19,8 +19,11 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two pytest workers (pytest-xdist): one takes the tests on the session's Ray cluster and
+# its batch of shared sweeps (tests/conftest.py), the other every other test meanwhile;
+# each computes on one thread (README, "Tests").
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The MLflow UI over the embedded store on http://127.0.0.1:5000 (MLFLOW_UI_PORT=... to
 # change); mlflow/README.md says more. mlflow-ui-stop ends all the server's processes.

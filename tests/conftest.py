@@ -16,6 +16,42 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "sweeps" / "run.py"
 
+# Set in each worker of `pytest -n N` (pytest-xdist; `make test` runs the fast tests so).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_configure(config) -> None:
+    """Under `pytest -n N` each worker, and each process its tests start, computes on one
+    thread: N workers each with torch's default (a thread per core) on N cores spin their
+    OpenMP threads against each other (measured with 2 workers: a 2.6 s test took 48.6 s)."""
+    if XDIST_WORKER:
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# The tests on the session's Ray cluster and shared slow runs: under `pytest -n N --dist
+# loadgroup` they all go to one worker (which alone starts the cluster and runs the batch),
+# first, and the other tests to the other workers meanwhile.
+SESSION_GROUP = "session-cluster"
+SESSION_FIXTURES = {"shared_sweeps", "ray_cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    if not XDIST_WORKER:
+        return
+    session = [item for item in items if SESSION_FIXTURES & set(item.fixturenames)]
+    for item in session:
+        item.add_marker(pytest.mark.xdist_group(SESSION_GROUP))
+    # The batch is the longest stretch: its worker starts it before anything else.
+    items[:] = session + [item for item in items if item not in session]
+
+
+def pytest_runtest_setup(item) -> None:
+    # Again before every test: a test may have raised torch's threads in this process (the
+    # embedding cache's actor class, called in-process, takes every core).
+    if XDIST_WORKER and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
 
 @dataclass
 class SweepDirs:
@@ -184,16 +220,38 @@ def shared_sweeps(request, tmp_path_factory, embedding_cache) -> dict:
 
 
 SHARED_RUNS = pytest.StashKey()
+SHARED_RUNS_LINES = pytest.StashKey()  # what a pytest-xdist worker reported of them
+
+
+def _shared_runs_lines(config) -> list[str] | None:
+    runs = config.stash.get(SHARED_RUNS, None)
+    if runs is None:
+        return config.stash.get(SHARED_RUNS_LINES, None)
+    from tests.shared_sweeps import summary_lines
+
+    return summary_lines(runs)
+
+
+def pytest_sessionfinish(session) -> None:
+    """A pytest-xdist worker sends its shared runs' walls to the controlling process."""
+    lines = _shared_runs_lines(session.config)
+    if XDIST_WORKER and lines:
+        session.config.workeroutput["shared_runs"] = lines
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    lines = getattr(node, "workeroutput", {}).get("shared_runs")
+    if lines:
+        node.config.stash[SHARED_RUNS_LINES] = lines
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:
     """Each shared slow run's wall (`--durations` shows the batch as one fixture setup)."""
-    runs = config.stash.get(SHARED_RUNS, None)
-    if runs is not None:
-        from tests.shared_sweeps import summary_lines
-
+    lines = _shared_runs_lines(config)
+    if lines:
         terminalreporter.section("shared slow runs")
-        for line in summary_lines(runs):
+        for line in lines:
             terminalreporter.write_line(line)
 
 
