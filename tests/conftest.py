@@ -30,11 +30,11 @@ def pytest_configure(config) -> None:
 
 # The tests on the session's Ray cluster and shared slow runs: under `pytest -n N --dist
 # loadgroup` they all go to one worker (which alone starts the cluster and runs the batch),
-# first, then the tests marked `after_the_batch`; the other tests go to the other workers
+# after the tests marked `before_the_batch`; the other tests go to the other workers
 # meanwhile.
 SESSION_GROUP = "session-cluster"
 SESSION_FIXTURES = {"shared_sweeps", "ray_cluster"}
-AFTER_THE_BATCH = "after_the_batch"
+BEFORE_THE_BATCH = "before_the_batch"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -42,15 +42,17 @@ def pytest_collection_modifyitems(config, items) -> None:
     if not XDIST_WORKER:
         return
     session = [item for item in items if SESSION_FIXTURES & set(item.fixturenames)]
-    after = [
+    before = [
         item
         for item in items
-        if item.get_closest_marker(AFTER_THE_BATCH) is not None and item not in session
+        if item.get_closest_marker(BEFORE_THE_BATCH) is not None and item not in session
     ]
-    for item in session + after:
+    group = before + session
+    for item in group:
         item.add_marker(pytest.mark.xdist_group(SESSION_GROUP))
-    # The batch is the longest stretch: its worker starts it before anything else.
-    items[:] = session + after + [item for item in items if item not in session + after]
+    # The batch is the longest stretch: its worker starts it as early as it may, while the
+    # other worker runs the fast tests beside what goes before it.
+    items[:] = group + [item for item in items if item not in group]
 
 
 def pytest_runtest_setup(item) -> None:

@@ -47,11 +47,12 @@ NODE_RESOURCES = ({"node_a": 1}, {"node_b": 1})
 START_TIMEOUT = 300  # s; the machine is shared, `mlflow server` alone takes ~17 s idle
 
 
-# Not beside the batch under `make test`: `ray start` gives a node 30 s (fixed in Ray) to
-# register, and with PostgreSQL, the MLflow server's workers and the batch's two sweeps
-# starting at once on 2 cores it once took longer.
+# Not beside the batch under `make test` (on its worker, before it; the fast tests run
+# beside it): `ray start` gives a node 30 s (fixed in Ray) to register, and with
+# PostgreSQL, the MLflow server's workers and the batch's two sweeps starting at once on 2
+# cores it once took longer.
 @pytest.mark.slow
-@pytest.mark.after_the_batch
+@pytest.mark.before_the_batch
 def test_sweep_spreads_over_nodes_and_logs_to_the_team_server(tmp_path, monkeypatch):
     with ExitStack() as stack:
         work = Path(stack.enter_context(_tempdir("jepa-mn-")))  # short: Ray's socket paths
