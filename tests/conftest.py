@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "sweeps" / "run.py"
 
-# Set in each worker of `pytest -n N` (pytest-xdist; `make test` runs the fast tests so).
+# Set in each worker of `pytest -n N` (pytest-xdist; `make test` runs `-n 2`).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 

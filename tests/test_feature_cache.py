@@ -242,9 +242,7 @@ def test_sweep_runs_the_backbone_once_per_level_one_trial_at_a_time(shared_sweep
     d, sweep = ONE_AT_A_TIME_DATA, shared_sweep
     _, levels = load_space(AUG_STRENGTH).params["aug_strength"]
     assert len(levels) == 4
-    _check_once_per_level(
-        sweep, d["views"], d["images_per_class"], d["eval_per_class"], levels, trials=6
-    )
+    _check_once_per_level(sweep, d["views"], d["images_per_class"], d["eval_per_class"], levels)
 
 
 @pytest.mark.slow
@@ -254,14 +252,14 @@ def test_sweep_runs_the_backbone_once_per_level_eight_trials_at_once(shared_swee
     sweep), which ask for the two banks while the first is being computed."""
     d = EIGHT_DATA
     _check_once_per_level(
-        shared_sweep, d["views"], d["images_per_class"], d["eval_per_class"], {0.25, 0.75}, 8
+        shared_sweep, d["views"], d["images_per_class"], d["eval_per_class"], {0.25, 0.75}
     )
 
 
-def _check_once_per_level(sweep, views, per_class, eval_per_class, levels, trials) -> None:
-    """`trials` trials over `levels` (each visited): one bank per level, computed before
-    the trials (which never run the backbone), and all of them left on disk."""
-    proc, sweep_dirs = sweep.proc, sweep.dirs
+def _check_once_per_level(sweep, views, per_class, eval_per_class, levels) -> None:
+    """The sweep's trials over `levels` (each visited): one bank per level, computed
+    before the trials (which never run the backbone), and all of them left on disk."""
+    proc, sweep_dirs, trials = sweep.proc, sweep.dirs, sweep.spec.trials
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=sweep_dirs.tracking_uri)
     exp = client.get_experiment_by_name("jepa-sweeps")
