@@ -19,9 +19,9 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Two pytest workers (pytest-xdist): one takes the tests on the session's Ray cluster and
-# its batch of shared sweeps (tests/conftest.py), the other every other test meanwhile;
-# each computes on one thread (README, "Tests").
+# Two pytest workers (pytest-xdist): one takes the tests marked `before_the_batch`, then
+# those on the session's Ray cluster and its batch of shared sweeps (tests/conftest.py),
+# the other every other test meanwhile; each computes on one thread (README, "Tests").
 test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup
 
