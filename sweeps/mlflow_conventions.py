@@ -112,6 +112,8 @@ def log_baseline(client, run_id: str, baseline_probe_accuracy: float, step: int 
 
 
 URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+CHECK_ON_CPU = {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}
+"""The device MLflow's pyfunc loader uses when no `model_config` names one."""
 
 
 @contextlib.contextmanager
@@ -160,8 +162,8 @@ def log_registered_predictor(
 
     `input_example` [n, D] float32 (a few of the test split's backbone embeddings) goes
     with the model; MLflow infers the signature from it and checks that the model
-    runs on it. The module is logged in eval mode on the CPU, as it is served; the
-    exported program takes any batch size.
+    runs on it, on the CPU (`CHECK_ON_CPU`). The module is logged in eval mode on the
+    CPU, as it is served; the exported program takes any batch size.
     """
     import mlflow.pytorch
     import torch
@@ -177,7 +179,11 @@ def log_registered_predictor(
     model = client.create_logged_model(
         experiment_id=run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id
     )
-    with _tracking_uri(tracking_uri):
+    # MLflow checks the input example by loading the logged program through pyfunc, which
+    # picks `cuda` wherever a GPU is visible; a program exported from CPU weights cannot
+    # load there (MLflow warned so on every sweep on the H200). Check it where it is
+    # served: on the CPU.
+    with _tracking_uri(tracking_uri), tracking.scoped_environ(CHECK_ON_CPU):
         info = mlflow.pytorch.log_model(
             module,
             name=MODEL_NAME,

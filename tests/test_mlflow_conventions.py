@@ -159,3 +159,31 @@ def test_closing_lines_end_with_where_to_look(monkeypatch):
     assert remote == [
         f"Compare the trials, best first: {C.runs_view_url('http://team:5000', '3', 'p1')}"
     ]
+
+
+def test_registered_predictor_validates_on_the_cpu_where_a_gpu_is_visible(
+    store, monkeypatch, caplog
+):
+    """On the H200 (benchmarks/gpu_check.sh, 2026-11-30) MLflow's check of the input
+    example loaded the exported program on `cuda`, because a GPU was visible, and warned
+    that a program exported from CPU weights cannot load there. The model is logged on the
+    CPU and served there: the check must run there too. `torch.cuda.is_available` is
+    what MLflow asks; no GPU runs here."""
+    import logging
+
+    uri, experiment_id, client = store
+    run = client.create_run(experiment_id)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", raising=False)
+    predictor = HierarchicalPredictor(16, width=8).eval()
+    # MLflow's loggers do not propagate to the root logger: catch them where they log.
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlflow"):
+            C.log_registered_predictor(uri, run.info.run_id, predictor, torch.randn(4, 16).numpy())
+    finally:
+        mlflow_logger.removeHandler(caplog.handler)
+    failed = [r.getMessage()[:300] for r in caplog.records if "validate" in r.getMessage()]
+    assert not failed, failed
+    assert "MLFLOW_DEFAULT_PREDICTION_DEVICE" not in os.environ  # the scope is restored
