@@ -209,6 +209,18 @@ class Broker:
         with self._cond:
             self._groups = groups
 
+    def wait_ready(self, timeout: float) -> int:
+        """How many groups have started, once every group not given up has (or after
+        `timeout` s: a group whose placement the cluster cannot give yet)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._starts) < self._groups:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return len(self._starts)
+
     def group_failed(self, group: int, error: str) -> None:
         """A group's TorchTrainer gave up (more failures than its restarts)."""
         with self._cond:
@@ -433,7 +445,8 @@ class PoolTrials:
     """A started pool: `groups` TorchTrainers running `body` for Tune trials.
 
     Use as a context manager around `Tuner.fit()`, and give Tune `pool.trainable()`
-    (with `max_concurrent_trials` = `groups`, or trials wait in the broker's queue).
+    (with `max_concurrent_trials` = `groups`, or trials wait in the broker's queue),
+    after `wait_ready` so that the first trials start on different groups.
     """
 
     def __init__(
@@ -449,7 +462,7 @@ class PoolTrials:
         lease_s: float = 5.0,
         restarts: int = 10,
     ) -> None:
-        self.name, self.namespace = name, namespace
+        self.name, self.namespace, self.groups = name, namespace, groups
         # TRAIN_ENV in the broker's environment: it calls `fit`, and Train passes that
         # process's environment on to the controllers and workers.
         self.broker = Broker.options(
@@ -488,6 +501,16 @@ class PoolTrials:
     def starts(self) -> dict[int, int]:
         """group -> times its rank 0 started: 1 each, plus one per replaced group."""
         return ray.get(self.broker.starts.remote())
+
+    def wait_ready(self, timeout: float) -> int:
+        """Wait until every group has started (those Train gave up excepted), at most
+        `timeout` s; returns how many have.
+
+        Before the first trial: a group that is up takes every queued trial while the
+        others still start, so trials would run one after another, all on the first
+        node, even though Tune runs `groups` at once (the two-node test saw it on a
+        loaded machine)."""
+        return ray.get(self.broker.wait_ready.remote(timeout))
 
     def close(self, timeout: float = 60.0) -> None:
         """Let every group finish its loop and its TorchTrainer return."""

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 BASELINE_LABELS = {M.BASELINE_RAW: "raw backbone", M.BASELINE_UNTRAINED: "untrained predictor"}
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's trainable process
+# The longest the first trials wait for the pool's last group (its placement may wait for
+# resources another job holds); after it they start on the groups that are up.
+POOL_READY_S = 120.0
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
 
 
@@ -110,8 +113,9 @@ def run_sweep(opts: SweepOptions) -> SweepSummary:
                 # On CPUs the pool's processes start (import torch, join their groups)
                 # while the cache computes and the baselines are scored; their output
                 # goes to the sweep's log from the start.
-                with sweep.quiet(), sweep.start_pool():
+                with sweep.quiet(), sweep.start_pool() as pool:
                     sweep.baseline()
+                    sweep.wait_for_pool(pool)
                     grid = sweep.search()
                 return sweep.summarise(grid)
         finally:
@@ -355,6 +359,19 @@ class Sweep:
             name=self.pool_name,
             namespace=cluster.NAMESPACE,
         )
+
+    def wait_for_pool(self, pool: PoolTrials) -> None:
+        """Until every pool group has started (`PoolTrials.wait_ready`), so that the
+        first trials run side by side, on as many nodes as there are groups; at most
+        `POOL_READY_S`, then the trials start on the groups that are up."""
+        ready = pool.wait_ready(POOL_READY_S)
+        if ready < pool.groups:
+            print(
+                f"Pool: {ready} of {pool.groups} worker groups started within "
+                f"{POOL_READY_S:.0f} s; the trials start on those, the others join when "
+                "they start.",
+                file=console.out(),
+            )
 
     def _context(self) -> SweepContext:
         opts, prepared = self.opts, self.prepared

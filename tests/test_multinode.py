@@ -3,8 +3,9 @@
 `mlflow/team-server.sh` (basic auth on), and a 4-trial sweep sent to both through
 `--address ray://...`.
 
-Each node has one CPU and each trial's Ray Train worker needs one, so the two trials that
-run at once cannot share a node. The nodes get neither the project on PYTHONPATH nor the
+Each node has one CPU and each pool group's Ray Train worker needs one, so the sweep's two
+groups cannot share a node; the trials start once both groups have (`PoolTrials.wait_ready`),
+so the first two run one on each node. The nodes get neither the project on PYTHONPATH nor the
 MLflow credentials: the sweep ships both in its runtime env. Everything started here is
 stopped here, by process group, so other Ray clusters on the machine are left alone.
 """
@@ -140,6 +141,7 @@ def _check_runs(server: str, listed: dict[str, str], artifacts: Path) -> dict:
     parent, trials = by_role[M.ROLE_SWEEP][0], by_role[M.ROLE_TRIAL]
 
     nodes = set()
+    where = []  # (start, end, node) of each trial, for the message if they did not spread
     for run in trials:
         run_id, tags = run.info.run_id, run.data.tags
         assert run.info.status == "FINISHED"
@@ -148,6 +150,7 @@ def _check_runs(server: str, listed: dict[str, str], artifacts: Path) -> dict:
         assert node_id[:12] in listed, (node_id, listed)
         assert tags[M.TAG_NODE] == f"{tags[M.TAG_HOST]} ({tags[M.TAG_NODE_IP]}) node {node_id[:12]}"
         nodes.add(listed[node_id[:12]])
+        where.append((run.info.start_time, run.info.end_time, listed[node_id[:12]]))
 
         for metric in (M.PROBE_ACCURACY, M.KNN_ACCURACY, M.EMBEDDING_STD, M.EFFECTIVE_RANK):
             assert metric in run.data.metrics, metric
@@ -162,7 +165,9 @@ def _check_runs(server: str, listed: dict[str, str], artifacts: Path) -> dict:
             Path(client.download_artifacts(run_id, M.CONFIG_ARTIFACT)).read_text()
         )
         assert float(config["aug_strength"]) == float(run.data.params["aug_strength"])
-    assert nodes == {"node_a", "node_b"}, "the trials did not spread over both nodes"
+    first = min(start for start, _, _ in where)
+    spans = [f"{(s - first) / 1e3:.1f}-{(e - first) / 1e3:.1f} s: {n}" for s, e, n in sorted(where)]
+    assert nodes == {"node_a", "node_b"}, f"the trials did not spread over both nodes: {spans}"
 
     # One bank per key: V views of each training image plus one clean view of every image.
     # The keys: each trial's aug_strength, and the baseline's (the space's first level).

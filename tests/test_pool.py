@@ -101,12 +101,8 @@ def pool(cluster, tmp_path_factory):
     """The module's pool of two groups running `counting_body`, once both have started
     (so that a test counting restarts sees every first start before it begins)."""
     with make_pool(tmp_path_factory.mktemp("pool"), "shared") as started:
-        deadline = time.monotonic() + 300
-        while len(started.starts()) < 2:
-            assert time.monotonic() < deadline, (
-                f"the pool's groups did not start: {started.starts()}"
-            )
-            time.sleep(0.5)
+        assert started.wait_ready(300) == 2, f"the pool's groups did not start: {started.starts()}"
+        assert len(started.starts()) == 2
         yield started
 
 
@@ -220,6 +216,14 @@ def test_a_killed_controller_leaves_no_placement_group_behind(pool):
 
 def test_trials_fail_instead_of_waiting_when_no_group_can_start(cluster, tmp_path):
     with make_pool(tmp_path, "unloadable", body=Unloadable(), groups=1, restarts=1) as own:
+        # Its group never starts: waiting for it ends at the timeout, with none ready ...
+        started = time.monotonic()
+        assert own.wait_ready(0.5) == 0
+        assert 0.5 <= time.monotonic() - started < 30
+        # ... or, sooner than the timeout, once Train gave the group up (two failed starts).
+        started = time.monotonic()
+        assert own.wait_ready(600) == 0
+        assert time.monotonic() - started < 300
         results, starts = tune_through_pool(tmp_path, own, grid(tmp_path, range(2)))
     assert results.num_errors == 2
     for result in results:
