@@ -74,7 +74,7 @@ def init_ray(address: str | None, tracking_uri: str) -> bool:
         connect(address)
         print(f"MLflow: {tracking.ui_command(tracking_uri)}")
         return True
-    context = ray.init(
+    context = start_local(
         namespace=NAMESPACE,
         include_dashboard=True,
         dashboard_host="127.0.0.1",  # never a public interface by default
@@ -132,6 +132,55 @@ def connect(address: str) -> None:
 
 
 CLIENT_INIT_TRIES = 3
+LOCAL_START_TRIES = 2
+# What Ray raises when a local node's raylet has not registered with the GCS within the
+# 30 s `ray._private.node.Node` waits: a constant there, whatever its log line says
+# about RAY_raylet_start_wait_time_s. Seen on the 2 busy cores of a CI run that started
+# three clusters at once; a second start went through.
+_LOCAL_START_TIMED_OUT = "timed out during startup"
+
+
+def start_local(**init_kwargs: Any) -> Any:
+    """`ray.init(**init_kwargs)` starting a local cluster, once more if Ray's start timed
+    out. A failed start leaves its processes running (GCS, raylet, agents, idle
+    workers: Ray raises before the driver holds them), so they are killed first, and
+    after the last try too: nothing of a failed start outlives it."""
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        before = _descendants()
+        try:
+            return ray.init(**init_kwargs)
+        except Exception as exc:
+            _kill_started_since(before)
+            ray.shutdown()
+            if attempt == LOCAL_START_TRIES or _LOCAL_START_TIMED_OUT not in str(exc):
+                raise
+            print(
+                f"Ray: the local cluster did not start within Ray's 30 s (try {attempt} of "
+                f"{LOCAL_START_TRIES}; a busy machine?); starting it again",
+                flush=True,
+            )
+
+
+def _descendants() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_started_since(before: set[int], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, to this process's descendants not in
+    `before` (a failed `ray.init`'s processes; the raylet has outlived 5 s of SIGTERM)."""
+    import psutil
+
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for proc in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)  # reaps them: no zombie is left either
 
 
 def init_with_retries(address: str) -> None:

@@ -12,10 +12,12 @@ import math
 import os
 import pickle
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -62,6 +64,48 @@ def test_nan_loss_stops_training_as_diverged():
     assert result.status == STATUS_DIVERGED
     assert len(result.history) == 1  # stopped early
     assert not math.isfinite(result.history[0][M.TRAIN_LOSS])
+
+
+# Ray's own test hook (RAY_testing_asio_delay_us): the GCS answers a raylet's
+# registration after 40 s, past the 30 s a local `ray.init` waits, as on CI's busy cores.
+SLOW_REGISTRATION = {
+    "RAY_testing_asio_delay_us": "NodeInfoGcsService.grpc_server.RegisterNode=40000000:40000000"
+}
+START_AND_LIST_LEFTOVERS = """
+import json, psutil
+from sweeps.cluster import start_local
+try:
+    start_local(include_dashboard=False, num_cpus=1, _temp_dir=TEMP)
+except Exception as exc:
+    print("raised:", exc)
+left = psutil.Process().children(recursive=True)
+print("left:", json.dumps([f"{p.name()} ({p.status()})" for p in left]))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_start_that_times_out_is_tried_again_and_leaves_nothing():
+    """A raylet that misses Ray's 30 s to register: the sweep starts the local cluster a
+    second time, and a start that failed leaves none of its processes running (Ray's
+    `ray.init` leaves GCS, raylet, agents and idle workers: 7 processes when tried by
+    hand). Here every try is slow, so the last one's error is raised."""
+    temp = Path(tempfile.mkdtemp(prefix="jepa-rs-"))  # short: Ray's socket paths
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", START_AND_LIST_LEFTOVERS.replace("TEMP", repr(str(temp)))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env={**os.environ, **SLOW_REGISTRATION, "RAY_ADDRESS": ""},
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-2000:] + proc.stderr[-3000:]
+    assert "did not start within Ray's 30 s (try 1 of 2" in out, out
+    assert "raised: The current node timed out during startup" in out, out
+    assert "left: []" in out, out
 
 
 @dataclass
