@@ -154,14 +154,16 @@ def main_in_process(capsys, monkeypatch):
     return run
 
 
-# A local Ray cluster held by a small Python process: `ray.init` starts it, closing the
-# process's stdin ends it (`ray.shutdown` stops exactly the processes it started, where
-# `ray stop` would stop every cluster on the machine).
+# A local Ray cluster held by a small Python process: `ray.init` starts it (through the
+# sweep's `start_local`, which tries again when Ray's 30 s start-up limit passes on the
+# busy cores), closing the process's stdin ends it (`ray.shutdown` stops exactly the
+# processes it started, where `ray stop` would stop every cluster on the machine).
 _CLUSTER_HOLDER = """
 import sys
 import ray
+from sweeps.cluster import start_local
 
-context = ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+context = start_local(num_cpus=3, include_dashboard=False, logging_level="ERROR")
 print(context.address_info["gcs_address"], flush=True)
 sys.stdin.read()
 ray.shutdown()

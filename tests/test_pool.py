@@ -28,12 +28,14 @@ def cluster():
     import ray
     from ray import cloudpickle
 
+    from sweeps.cluster import start_local  # ray.init, again if Ray's 30 s start-up passed
+
     # The bodies below live in this test module, which the pool's workers cannot
     # import (pytest put tests/ on the path of this process only): ship them by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     # 3 logical CPUs on the 2 cores: the module's pool holds 2 (one per group) for all the
     # tests, the unloadable body's pool of one group needs a third.
-    ray.init(num_cpus=3, include_dashboard=False, namespace="test-pool", log_to_driver=False)
+    start_local(num_cpus=3, include_dashboard=False, namespace="test-pool", log_to_driver=False)
     yield
     ray.shutdown()
 
