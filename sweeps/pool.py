@@ -209,9 +209,9 @@ class Broker:
         with self._cond:
             self._groups = groups
 
-    def wait_ready(self, timeout: float) -> int:
-        """How many groups have started, once every group not given up has (or after
-        `timeout` s: a group whose placement the cluster cannot give yet)."""
+    def wait_ready(self, timeout: float) -> tuple[int, int]:
+        """(groups started, groups not given up), once every group not given up has
+        started or after `timeout` s."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self._starts) < self._groups:
@@ -219,7 +219,7 @@ class Broker:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return len(self._starts)
+            return len(self._starts), self._groups
 
     def group_failed(self, group: int, error: str) -> None:
         """A group's TorchTrainer gave up (more failures than its restarts)."""
@@ -436,6 +436,15 @@ def relay(
         broker.cancel.remote(trial_id)
 
 
+def _a_placement_waits() -> bool:
+    """Whether any placement group of the cluster waits for resources (PENDING). Ours
+    cannot be told from others', so another job's waiting group also ends the wait:
+    the trials then start as they would without it."""
+    from ray.util import placement_group_table
+
+    return any(pg.get("state") == "PENDING" for pg in placement_group_table().values())
+
+
 def pool_broker_name(pool_name: str) -> str:
     """The name of the broker actor of the pool called `pool_name`."""
     return f"{pool_name}-broker"
@@ -502,15 +511,27 @@ class PoolTrials:
         """group -> times its rank 0 started: 1 each, plus one per replaced group."""
         return ray.get(self.broker.starts.remote())
 
-    def wait_ready(self, timeout: float) -> int:
+    def wait_ready(self, timeout: float, poll_s: float = 1.0) -> int:
         """Wait until every group has started (those Train gave up excepted), at most
-        `timeout` s; returns how many have.
+        `timeout` s, and not for a group whose placement waits for resources that
+        others hold; returns how many have started.
 
         Before the first trial: a group that is up takes every queued trial while the
         others still start, so trials would run one after another, all on the first
         node, even though Tune runs `groups` at once (the two-node test saw it on a
-        loaded machine)."""
-        return ray.get(self.broker.wait_ready.remote(timeout))
+        loaded machine). But on a cluster shared with other sweeps a group may wait for
+        their CPUs for minutes; once one group is up and a placement group has been
+        PENDING for two polls in a row, the trials start on the groups that are up."""
+        deadline = time.monotonic() + timeout
+        pending_polls = 0
+        while True:
+            left = deadline - time.monotonic()
+            started, expected = ray.get(self.broker.wait_ready.remote(max(0.0, min(poll_s, left))))
+            if started >= expected or left <= poll_s:
+                return started
+            pending_polls = pending_polls + 1 if started and _a_placement_waits() else 0
+            if pending_polls >= 2:
+                return started
 
     def close(self, timeout: float = 60.0) -> None:
         """Let every group finish its loop and its TorchTrainer return."""

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 BASELINE_LABELS = {M.BASELINE_RAW: "raw backbone", M.BASELINE_UNTRAINED: "untrained predictor"}
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's trainable process
-# The longest the first trials wait for the pool's last group (its placement may wait for
-# resources another job holds); after it they start on the groups that are up.
+# The longest the first trials wait for the pool's last group to start; after it they
+# start on the groups that are up.
 POOL_READY_S = 120.0
 FAILED = "failed"  # the status column of a trial that raised on its last attempt
 
@@ -362,14 +362,14 @@ class Sweep:
 
     def wait_for_pool(self, pool: PoolTrials) -> None:
         """Until every pool group has started (`PoolTrials.wait_ready`), so that the
-        first trials run side by side, on as many nodes as there are groups; at most
-        `POOL_READY_S`, then the trials start on the groups that are up."""
+        first trials run side by side, on as many nodes as there are groups; not for a
+        group whose placement waits for CPUs that others hold, and at most
+        `POOL_READY_S`: then the trials start on the groups that are up."""
         ready = pool.wait_ready(POOL_READY_S)
         if ready < pool.groups:
             print(
-                f"Pool: {ready} of {pool.groups} worker groups started within "
-                f"{POOL_READY_S:.0f} s; the trials start on those, the others join when "
-                "they start.",
+                f"Pool: {ready} of {pool.groups} worker groups started; the trials start "
+                "on those, the others join when the cluster has room for them.",
                 file=console.out(),
             )
 
