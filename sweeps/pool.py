@@ -436,13 +436,18 @@ def relay(
         broker.cancel.remote(trial_id)
 
 
-def _a_placement_waits() -> bool:
-    """Whether any placement group of the cluster waits for resources (PENDING). Ours
-    cannot be told from others', so another job's waiting group also ends the wait:
-    the trials then start as they would without it."""
+def _our_pending_placements() -> int:
+    """This job's placement groups that wait for resources (PENDING). Before Tune starts
+    they are the pool's groups' (Train's controllers, actors of this job, create them);
+    a placement group's ID ends with its job's ID."""
     from ray.util import placement_group_table
 
-    return any(pg.get("state") == "PENDING" for pg in placement_group_table().values())
+    job = ray.get_runtime_context().get_job_id()
+    return sum(
+        1
+        for pg_id, pg in placement_group_table().items()
+        if pg.get("state") == "PENDING" and pg_id.endswith(job)
+    )
 
 
 def pool_broker_name(pool_name: str) -> str:
@@ -520,8 +525,9 @@ class PoolTrials:
         others still start, so trials would run one after another, all on the first
         node, even though Tune runs `groups` at once (the two-node test saw it on a
         loaded machine). But on a cluster shared with other sweeps a group may wait for
-        their CPUs for minutes; once one group is up and a placement group has been
-        PENDING for two polls in a row, the trials start on the groups that are up."""
+        their CPUs for minutes: once every group whose placement was granted has started
+        (at least one), and the others' placement groups are PENDING, for two polls in a
+        row, the trials start on the groups that are up."""
         deadline = time.monotonic() + timeout
         pending_polls = 0
         while True:
@@ -529,7 +535,9 @@ class PoolTrials:
             started, expected = ray.get(self.broker.wait_ready.remote(max(0.0, min(poll_s, left))))
             if started >= expected or left <= poll_s:
                 return started
-            pending_polls = pending_polls + 1 if started and _a_placement_waits() else 0
+            # Every group but those whose placement waits has started (two polls in a row).
+            settled = started and started >= expected - _our_pending_placements()
+            pending_polls = pending_polls + 1 if settled else 0
             if pending_polls >= 2:
                 return started
 
